@@ -1,0 +1,42 @@
+"""ndop client SDK: check a cohort against the national data opt-out register.
+
+    import ndop_client
+    with ndop_client.Client("localhost:50051", insecure=True) as client:
+        result = client.check(["999 000 0018", "9990000026"])
+"""
+
+from ndop_client.check import CheckResult, InvalidRow, Status
+from ndop_client.client import Client
+from ndop_client.errors import (
+    AuthenticationFailed,
+    InputError,
+    IntegrityError,
+    NdopError,
+    PermissionDenied,
+    QuotaExceeded,
+    ReceiptInvalid,
+    RequestRejected,
+    ServerUnavailable,
+    ServiceError,
+    UsageError,
+)
+from ndop_client.register_info import RegisterInfo
+
+__all__ = [
+    "AuthenticationFailed",
+    "CheckResult",
+    "Client",
+    "InputError",
+    "IntegrityError",
+    "InvalidRow",
+    "NdopError",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "ReceiptInvalid",
+    "RegisterInfo",
+    "RequestRejected",
+    "ServerUnavailable",
+    "ServiceError",
+    "Status",
+    "UsageError",
+]

@@ -1,0 +1,1 @@
+"""The `ndop` command line."""

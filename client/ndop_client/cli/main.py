@@ -1,0 +1,62 @@
+"""`ndop`: the research user's commands live here; operator commands are plugged in by the
+server package through the `ndop.commands` entry point, so the client never imports it.
+
+Exit codes: 0 done; 2 bad usage or unreadable input; 3 server unreachable, unauthenticated or
+refused; 1 anything else. Errors are one sentence on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from ndop_client.cli.check_command import add_check_command
+from ndop_client.errors import NdopError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"ndop: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ndop", description="National data opt-out matching service.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_check_command(commands)
+    for plugin in entry_points(group="ndop.commands"):
+        plugin.load()(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except NdopError as exc:
+        print(f"ndop: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ndop: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("NDOP_DEBUG"):
+            raise
+        print(
+            f"ndop: unexpected internal error ({type(exc).__name__}); "
+            "set NDOP_DEBUG=1 to see where",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

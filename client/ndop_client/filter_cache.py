@@ -1,0 +1,98 @@
+"""Download a register version's filter once, check its digest, and keep it on disk.
+
+Files live under CACHE_DIR/REGISTER_ID/ named by version and digest, so a cached filter is
+reused only for exactly the filter the server describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from ndop_client.errors import IntegrityError, RequestRejected
+from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+
+
+@dataclass(frozen=True)
+class CachedFilter:
+    path: Path
+    register_version: int
+    count: int
+    key_id: str
+    false_positive_rate: float
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ndop" / "filters"
+
+
+def fetch_filter(
+    stub: ndop_pb2_grpc.OptOutRegisterStub,
+    cache_dir: Path,
+    register_id: str,
+    version: int,
+    metadata: tuple[tuple[str, str], ...],
+) -> CachedFilter:
+    """The filter of `version`, from the cache when it holds the same digest."""
+    chunks = stub.GetFilter(ndop_pb2.GetFilterRequest(version=version), metadata=metadata)
+    try:
+        first = next(chunks)
+    except StopIteration as exc:
+        raise RequestRejected("the server sent an empty filter stream") from exc
+    header = first.header
+    if not first.HasField("header") or header.register_version != version:
+        chunks.cancel()
+        raise RequestRejected("the server sent a filter for another register version")
+    directory = cache_dir / register_id
+    path = directory / f"v{version}-{header.sha256.hex()[:32]}.bloom"
+    described = CachedFilter(
+        path, header.register_version, header.count, header.key_id, header.false_positive_rate
+    )
+    if path.exists() and _sha256_file(path) == header.sha256:
+        chunks.cancel()
+        return described
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=".filter.", dir=directory)
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in _chain(first, chunks):
+                if chunk.offset != received:
+                    raise IntegrityError("the filter arrived with a gap or overlap")
+                handle.write(chunk.data)
+                digest.update(chunk.data)
+                received += len(chunk.data)
+        if received != header.size or digest.digest() != header.sha256:
+            raise IntegrityError(
+                "the downloaded filter does not match its published digest; it was discarded"
+            )
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        if isinstance(chunks, grpc.Future):
+            chunks.cancel()
+        raise
+    return described
+
+
+def _chain(
+    first: ndop_pb2.FilterChunk, rest: Iterator[ndop_pb2.FilterChunk]
+) -> Iterator[ndop_pb2.FilterChunk]:
+    yield first
+    yield from rest
+
+
+def _sha256_file(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.digest()

@@ -1,0 +1,75 @@
+"""Hashed mode: stream salted digests, read back packed membership from one register version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ndop_client.errors import RequestRejected
+from ndop_client.hashing import Hasher
+from ndop_client.matching import (
+    DEFAULT_BATCH_ITEMS,
+    MatchOutcome,
+    batch_bounds,
+    expect_batch,
+    unpack_bits,
+)
+from ndop_client.nhs_number import canonical_bytes
+from ndop_client.progress import Progress
+from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_client.register_info import RegisterInfo
+
+
+def match_hashed(
+    stub: ndop_pb2_grpc.OptOutRegisterStub,
+    info: RegisterInfo,
+    values: np.ndarray,
+    context: ndop_pb2.CheckContext,
+    metadata: tuple[tuple[str, str], ...],
+    progress: Progress,
+) -> MatchOutcome:
+    hasher = Hasher(info.salt, info.hashed_scheme)
+    bounds = batch_bounds(len(values), min(DEFAULT_BATCH_ITEMS, info.max_batch_items or DEFAULT_BATCH_ITEMS))
+
+    def requests() -> Iterator[ndop_pb2.HashedCheckRequest]:
+        yield ndop_pb2.HashedCheckRequest(context=context)
+        for batch_id, (start, end) in enumerate(bounds):
+            digests = hasher.digest_packed(canonical_bytes(values[start:end]))
+            yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
+
+    opted_out = np.zeros(len(values), dtype=bool)
+    answered = 0
+    version: int | None = None
+    summary: ndop_pb2.CheckSummary | None = None
+    progress.start(len(values), "checking")
+    call = stub.CheckHashed(requests(), metadata=metadata)
+    try:
+        for response in call:
+            if response.HasField("summary"):
+                summary = response.summary
+                continue
+            batch = response.batch
+            if version is None:
+                version = batch.register_version
+            elif batch.register_version != version:
+                raise RequestRejected("the server mixed register versions within one check")
+            start, end = expect_batch(batch.batch_id, bounds, batch.count)
+            opted_out[start:end] = unpack_bits(batch.opted_out, end - start)
+            answered += 1
+            progress.advance(end - start)
+    except BaseException:
+        call.cancel()
+        raise
+    finally:
+        progress.finish()
+    if answered != len(bounds):
+        raise RequestRejected("the server did not answer every batch")
+    if summary is None:
+        raise RequestRejected("the server ended the check without a summary")
+    return MatchOutcome(
+        opted_out=opted_out,
+        register_version=version if version is not None else summary.register_version,
+        register_count=summary.register_count,
+        summary=summary,
+    )

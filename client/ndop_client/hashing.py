@@ -1,0 +1,48 @@
+"""Hashed-mode digests: a keyed hash of the canonical NHS number with the register's salt.
+
+    digest = SHA-256(DOMAIN || salt || canonical)
+
+DOMAIN names the scheme and its version, so digests from a future scheme can never be mistaken
+for these; salt (32 bytes, published by the register) and canonical (ten ASCII digits) have
+fixed lengths, so the concatenation is unambiguous. See docs/hashing.md for why this keeps raw
+numbers off the wire but not out of reach of whoever holds the salt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+SCHEME: Final = "ndop-sha256-v1"
+DOMAIN: Final = b"ndop-sha256-v1/nhs-number\x00"
+SALT_SIZE: Final = 32
+DIGEST_SIZE: Final = 32
+CANONICAL_SIZE: Final = 10
+
+
+class Hasher:
+    """Computes digests for one register salt; reuses the hashed prefix for speed."""
+
+    def __init__(self, salt: bytes, scheme: str = SCHEME) -> None:
+        if scheme != SCHEME:
+            raise ValueError(f"the register uses hashing scheme {scheme!r}, this client knows {SCHEME!r}")
+        if len(salt) != SALT_SIZE:
+            raise ValueError(f"the register salt must be {SALT_SIZE} bytes")
+        self._prefix = hashlib.sha256(DOMAIN + salt)
+
+    def digest(self, canonical: str) -> bytes:
+        """The digest of one canonical ten-digit NHS number."""
+        h = self._prefix.copy()
+        h.update(canonical.encode("ascii"))
+        return h.digest()
+
+    def digest_packed(self, canonical_blob: bytes) -> bytes:
+        """Concatenated digests of concatenated ten-byte canonical numbers, in order."""
+        copy = self._prefix.copy
+        view = memoryview(canonical_blob)
+        out = []
+        for start in range(0, len(view), CANONICAL_SIZE):
+            h = copy()
+            h.update(view[start : start + CANONICAL_SIZE])
+            out.append(h.digest())
+        return b"".join(out)

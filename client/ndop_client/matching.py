@@ -1,0 +1,48 @@
+"""What every matching mode answers, and the checks both modes make on a server's stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from ndop_client.errors import RequestRejected
+from ndop_client.proto import ndop_pb2
+
+DEFAULT_BATCH_ITEMS: Final = 8192
+
+
+@dataclass
+class MatchOutcome:
+    """Membership of each unique number checked, and which register version answered."""
+
+    opted_out: np.ndarray
+    register_version: int
+    register_count: int
+    summary: ndop_pb2.CheckSummary | None
+
+
+def batch_bounds(total: int, batch_items: int) -> list[tuple[int, int]]:
+    return [(start, min(start + batch_items, total)) for start in range(0, total, batch_items)]
+
+
+def expect_batch(batch_id: int, bounds: Sequence[tuple[int, int]], count: int) -> tuple[int, int]:
+    """The slice a server answer covers; refuses answers out of order or of the wrong size."""
+    if batch_id >= len(bounds):
+        raise RequestRejected("the server answered a batch that was never sent")
+    start, end = bounds[batch_id]
+    if count != end - start:
+        raise RequestRejected("the server answered a batch with the wrong number of items")
+    return start, end
+
+
+def unpack_bits(packed: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(
+        np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little"
+    ).astype(bool)
+
+
+def pack_bits(flags: np.ndarray) -> bytes:
+    return np.packbits(flags.astype(bool), bitorder="little").tobytes()

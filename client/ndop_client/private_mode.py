@@ -1,0 +1,125 @@
+"""Private mode: blind locally, let the server evaluate, unblind and test against the filter.
+
+The pipeline keeps every core busy: worker processes blind batch i+1.. while the server
+evaluates batch i and other workers unblind batch i-1. The result is always computed against
+the one filter version downloaded at the start, whatever the server publishes meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from pathlib import Path
+
+import numpy as np
+
+from ndop_client import private_workers
+from ndop_client.crypto import oprf
+from ndop_client.errors import IntegrityError, RequestRejected
+from ndop_client.filter_cache import fetch_filter
+from ndop_client.matching import DEFAULT_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
+from ndop_client.nhs_number import canonical_bytes
+from ndop_client.progress import Progress
+from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_client.register_info import RegisterInfo
+
+
+def match_private(
+    stub: ndop_pb2_grpc.OptOutRegisterStub,
+    info: RegisterInfo,
+    values: np.ndarray,
+    context: ndop_pb2.CheckContext,
+    metadata: tuple[tuple[str, str], ...],
+    progress: Progress,
+    pool: Executor,
+    workers: int,
+    cache_dir: Path,
+) -> MatchOutcome:
+    cached = fetch_filter(stub, cache_dir, info.register_id, info.version, metadata)
+    batch_items = min(DEFAULT_BATCH_ITEMS // 4, info.max_batch_items or DEFAULT_BATCH_ITEMS)
+    bounds = batch_bounds(len(values), batch_items)
+    window = 2 * workers + 2
+    blinds: dict[int, bytes] = {}
+    request_error: list[BaseException] = []
+
+    def blind(batch_id: int) -> Future[tuple[bytes, bytes]]:
+        start, end = bounds[batch_id]
+        return pool.submit(private_workers.blind, canonical_bytes(values[start:end]))
+
+    def requests() -> Iterator[ndop_pb2.EvaluateRequest]:
+        try:
+            yield ndop_pb2.EvaluateRequest(context=context)
+            pending: deque[Future[tuple[bytes, bytes]]] = deque()
+            submitted = 0
+            for batch_id in range(len(bounds)):
+                while submitted < len(bounds) and len(pending) < window:
+                    pending.append(blind(submitted))
+                    submitted += 1
+                batch_blinds, blinded = pending.popleft().result()
+                blinds[batch_id] = batch_blinds
+                yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
+        except BaseException as exc:
+            request_error.append(exc)
+            raise
+
+    opted_out = np.zeros(len(values), dtype=bool)
+    finishing: deque[tuple[int, int, Future[bytes]]] = deque()
+    answered = 0
+    summary: ndop_pb2.CheckSummary | None = None
+
+    def collect_oldest() -> None:
+        start, end, future = finishing.popleft()
+        opted_out[start:end] = np.frombuffer(future.result(), dtype=np.uint8).astype(bool)
+        progress.advance(end - start)
+
+    progress.start(len(values), "checking")
+    call = stub.Evaluate(requests(), metadata=metadata)
+    try:
+        for response in call:
+            if response.HasField("summary"):
+                summary = response.summary
+                continue
+            batch = response.batch
+            if batch.key_id != cached.key_id:
+                raise IntegrityError(
+                    "the server's OPRF key changed during the check; run the check again"
+                )
+            start, end = expect_batch(batch.batch_id, bounds, batch.count)
+            if len(batch.evaluated_elements) != (end - start) * oprf.ELEMENT_SIZE:
+                raise RequestRejected("the server answered a batch of the wrong size")
+            finishing.append(
+                (
+                    start,
+                    end,
+                    pool.submit(
+                        private_workers.unblind_and_test,
+                        cached.path,
+                        canonical_bytes(values[start:end]),
+                        blinds.pop(batch.batch_id),
+                        batch.evaluated_elements,
+                    ),
+                )
+            )
+            answered += 1
+            while len(finishing) > window:
+                collect_oldest()
+        while finishing:
+            collect_oldest()
+    except BaseException:
+        call.cancel()
+        if request_error:
+            raise request_error[0] from None
+        raise
+    finally:
+        progress.finish()
+    if answered != len(bounds):
+        raise RequestRejected("the server did not answer every batch")
+    if summary is None:
+        raise RequestRejected("the server ended the check without a summary")
+    return MatchOutcome(
+        opted_out=opted_out,
+        register_version=cached.register_version,
+        register_count=cached.count,
+        summary=summary,
+    )

@@ -1,0 +1,67 @@
+"""The JSON report of a file check: counts, invalid rows, register version and timings.
+
+It holds line numbers and reasons, never an NHS number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ndop_client.check import FileCheck
+
+
+def build(check: FileCheck, purpose: str) -> dict[str, Any]:
+    tally = check.classified.tally
+    outcome = check.classified.outcome
+    summary = outcome.summary
+    return {
+        "mode": check.mode,
+        "purpose": purpose,
+        "request_id": summary.request_id if summary else "",
+        "register": {"version": outcome.register_version, "count": outcome.register_count},
+        "input": {
+            "path": str(check.cohort.path),
+            "format": check.cohort.format.value,
+            "column": check.cohort.column_name,
+        },
+        "output": str(check.out),
+        "rows": tally.rows,
+        "blank_lines": tally.blank,
+        "valid": tally.valid,
+        "invalid": {
+            "count": len(tally.invalid),
+            "rows": [{"line": row.line, "reason": row.reason} for row in tally.invalid],
+        },
+        "duplicates": tally.duplicates,
+        "unique_checked": tally.unique,
+        "opted_out": tally.opted_out_rows,
+        "opted_out_unique": tally.opted_out_unique,
+        "cleared": tally.cleared,
+        "cohort_opt_out_rate": round(tally.opted_out_unique / tally.unique, 6)
+        if tally.unique
+        else 0.0,
+        "register_national_count": outcome.register_count,
+        "timings_s": {name: round(seconds, 3) for name, seconds in check.timings.items()},
+    }
+
+
+def write(report: dict[str, Any], path: Path) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temp, path)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    rate = report["cohort_opt_out_rate"] * 100
+    return [
+        f"mode {report['mode']}, register version {report['register']['version']} "
+        f"({report['register']['count']:,} opted out nationally)",
+        f"rows {report['rows']:,}: valid {report['valid']:,}, invalid {report['invalid']['count']:,}, "
+        f"duplicates {report['duplicates']:,}",
+        f"opted out {report['opted_out']:,} ({rate:.2f}% of unique numbers), "
+        f"cleared {report['cleared']:,} -> {report['output']}",
+        f"took {report['timings_s']['total_s']:.2f} s",
+    ]

@@ -1,0 +1,1 @@
+"""ndop register server: the register store, its publication, and the gRPC service."""

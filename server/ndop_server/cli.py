@@ -1,0 +1,189 @@
+"""Operator commands, plugged into `ndop` (see ndop_client.cli.main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ndop_server import keys as keyfile
+from ndop_server.logs import configure
+from ndop_server.register import Published, Publisher
+from ndop_server.server import ServerTls, serve_until_signalled, start_server
+from ndop_server.store import Store
+
+
+def register_commands(commands: Any) -> None:
+    _keys_commands(commands)
+    _register_commands(commands)
+    _serve_command(commands)
+    demo = commands.add_parser("demo", help="the whole loop on synthetic 999-range data")
+    demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where files go")
+    demo.add_argument("--mode", choices=("private", "hashed", "both"), default="both")
+    demo.set_defaults(handler=_demo)
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+
+
+def _keys_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="register keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    init = keys.add_parser("init", help="create a keys file (mode 0600)")
+    init.add_argument("--keys", type=Path, required=True)
+    init.set_defaults(handler=_keys_init)
+    public = keys.add_parser("public", help="print the receipt-signing public key")
+    public.add_argument("--keys", type=Path, required=True)
+    public.set_defaults(handler=_keys_public)
+
+
+def _register_commands(commands: Any) -> None:
+    register = commands.add_parser("register", help="load and inspect the register").add_subparsers(
+        dest="register_command", required=True
+    )
+    load = register.add_parser("load", help="publish a new version from a full snapshot")
+    load.add_argument("snapshot", type=Path, metavar="SNAPSHOT")
+    load.add_argument("--store", type=Path, required=True)
+    load.add_argument("--keys", type=Path, required=True)
+    load.add_argument("--workers", type=int, help="processes to use (default: every core)")
+    _log_options(load)
+    load.set_defaults(handler=_register_load)
+
+    apply = register.add_parser("apply", help="publish a new version from a change set")
+    apply.add_argument("--add", type=Path, metavar="FILE", help="opt-outs set")
+    apply.add_argument("--remove", type=Path, metavar="FILE", help="opt-outs withdrawn")
+    apply.add_argument("--store", type=Path, required=True)
+    apply.add_argument("--keys", type=Path, required=True)
+    apply.add_argument("--workers", type=int, help="processes to use (default: every core)")
+    _log_options(apply)
+    apply.set_defaults(handler=_register_apply)
+
+    info = register.add_parser("info", help="the versions published in a store")
+    info.add_argument("--store", type=Path, required=True)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_register_info)
+
+
+def _serve_command(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--store", type=Path, required=True)
+    serve.add_argument("--keys", type=Path, required=True)
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
+    serve.add_argument("--insecure", action="store_true", help="plaintext; local development only")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--client-ca", type=Path, help="require client certificates from this CA")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for a new version")
+    _log_options(serve)
+    serve.set_defaults(handler=_serve)
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    created = keyfile.write_new(args.keys)
+    print(f"wrote register keys for {created.register_id} to {args.keys} (mode 0600)")
+    print("keep this file secret and backed up: the store cannot be used without it")
+    return 0
+
+
+def _keys_public(args: argparse.Namespace) -> int:
+    loaded = keyfile.load(args.keys)
+    print(loaded.signing_public_key.hex())
+    return 0
+
+
+def _print_published(published: Published) -> None:
+    record = published.record
+    print(
+        f"published register version {record.version}: {record.count:,} opted out "
+        f"(+{record.added:,} -{record.removed:,}, {published.unchanged:,} unchanged)"
+    )
+    if published.duplicates:
+        print(f"{published.duplicates:,} duplicate rows ignored")
+    if published.invalid:
+        print(f"{len(published.invalid):,} invalid rows left out:")
+        for row in published.invalid[:20]:
+            print(f"  line {row.line}: {row.reason}")
+        if len(published.invalid) > 20:
+            print(f"  ... and {len(published.invalid) - 20:,} more")
+
+
+def _register_load(args: argparse.Namespace) -> int:
+    configure(args.log_format)
+    loaded = keyfile.load(args.keys)
+    with Store(args.store, create=True) as store:
+        published = Publisher(store, loaded, args.workers).load_snapshot(args.snapshot)
+    _print_published(published)
+    return 0
+
+
+def _register_apply(args: argparse.Namespace) -> int:
+    configure(args.log_format)
+    loaded = keyfile.load(args.keys)
+    with Store(args.store) as store:
+        published = Publisher(store, loaded, args.workers).apply_changes(args.add, args.remove)
+    _print_published(published)
+    return 0
+
+
+def _register_info(args: argparse.Namespace) -> int:
+    with Store(args.store) as store:
+        history = store.history()
+        register_id = store.register_id()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "register_id": register_id,
+                    "versions": [
+                        {
+                            "version": r.version,
+                            "published_at": r.published_at,
+                            "count": r.count,
+                            "source": r.source,
+                            "added": r.added,
+                            "removed": r.removed,
+                        }
+                        for r in history
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if not history:
+        print(f"register {register_id or '(unbound)'}: no version published yet")
+        return 0
+    print(f"register {register_id}")
+    print(f"{'version':>8}  {'published at (UTC)':<29} {'count':>12} {'added':>10} {'removed':>10}  source")
+    for r in history:
+        print(
+            f"{r.version:>8}  {r.published_at:<29} {r.count:>12,} {r.added:>10,} "
+            f"{r.removed:>10,}  {r.source}"
+        )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    configure(args.log_format)
+    loaded = keyfile.load(args.keys)
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            from ndop_server.errors import ConfigurationError
+
+            raise ConfigurationError("--tls-cert and --tls-key go together")
+        tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca)
+    running = start_server(
+        args.store, loaded, args.listen, tls=tls, insecure=args.insecure, poll_seconds=args.poll_seconds
+    )
+    serve_until_signalled(running)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ndop_server.demo import run_demo
+
+    return run_demo(args.dir, args.mode)

@@ -1,0 +1,63 @@
+"""Answering one batch, for each mode: plain classes the gRPC servicer calls.
+
+Every error raised here is a BatchRejected whose message names the batch and the rule broken,
+never the bytes that broke it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from ndop_client.crypto import oprf
+from ndop_client.hashing import DIGEST_SIZE
+from ndop_client.matching import pack_bits
+from ndop_server.register_view import RegisterView
+from ndop_server.tokens import Tokenizer, index_keys
+
+MAX_BATCH_ITEMS: Final = 65536
+
+
+class BatchRejected(ValueError):
+    """A batch is malformed; the message is safe to send to the client and to log."""
+
+
+def _check_size(batch_id: int, payload: bytes, item_size: int, what: str) -> int:
+    if len(payload) % item_size:
+        raise BatchRejected(f"batch {batch_id}: {what} must be {item_size} bytes each")
+    count = len(payload) // item_size
+    if count > MAX_BATCH_ITEMS:
+        raise BatchRejected(f"batch {batch_id}: more than {MAX_BATCH_ITEMS} items in one batch")
+    return count
+
+
+class HashedMatcher:
+    """Membership of digests in one register view."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def answer(self, view: RegisterView, batch_id: int, digests: bytes) -> tuple[int, bytes, int]:
+        """(items, packed membership bits, items opted out) for one batch of digests."""
+        count = _check_size(batch_id, digests, DIGEST_SIZE, "digests")
+        keys = index_keys(self._tokenizer.tokens(digests, DIGEST_SIZE))
+        members = view.members(keys)
+        return count, pack_bits(members), int(members.sum())
+
+
+class Evaluator:
+    """OPRF evaluation of blinded elements with the register's key."""
+
+    def __init__(self, oprf_key: bytes) -> None:
+        self._key = oprf_key
+
+    def answer(self, batch_id: int, blinded: bytes) -> tuple[int, bytes]:
+        count = _check_size(batch_id, blinded, oprf.ELEMENT_SIZE, "blinded elements")
+        try:
+            return count, oprf.evaluate_batch(self._key, blinded)
+        except oprf.InvalidElementError as exc:
+            raise BatchRejected(
+                f"batch {batch_id}: element {exc.index} is not a valid ristretto255 encoding "
+                "(malformed, non-canonical or the identity)"
+            ) from None

@@ -1,0 +1,101 @@
+"""The register version a server answers from, held in memory and swapped when a newer one
+is published.
+
+A view is immutable. A check takes the current view once and answers every batch from it,
+so swapping in a new version never changes or fails a check already in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from ndop_server.register import FILTER_ARTIFACT, INDEX_ARTIFACT
+from ndop_server.store import Store, VersionRecord
+
+log = structlog.get_logger("ndop.server")
+
+
+@dataclass(frozen=True)
+class RegisterView:
+    record: VersionRecord
+    index: np.ndarray
+    filter_bytes: bytes
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    def members(self, keys: np.ndarray) -> np.ndarray:
+        """Which of `keys` (64-bit token prefixes) are in this version."""
+        if len(self.index) == 0:
+            return np.zeros(len(keys), dtype=bool)
+        positions = np.searchsorted(self.index, keys)
+        positions[positions == len(self.index)] = 0
+        return np.asarray(self.index[positions] == keys)
+
+
+def load_view(store: Store, record: VersionRecord) -> RegisterView:
+    index = np.frombuffer(store.artifact(record.version, INDEX_ARTIFACT), dtype="<u8")
+    return RegisterView(record, index, store.artifact(record.version, FILTER_ARTIFACT))
+
+
+class RegisterHolder:
+    """The current view plus the one before it, refreshed from the store by a watcher thread."""
+
+    def __init__(self, store_path: Path, poll_seconds: float = 1.0) -> None:
+        self._store = Store(store_path)
+        self._poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._current: RegisterView | None = None
+        self._previous: RegisterView | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    @property
+    def register_id(self) -> str | None:
+        return self._store.register_id()
+
+    @property
+    def current(self) -> RegisterView | None:
+        return self._current
+
+    def view(self, version: int) -> RegisterView | None:
+        """The view of `version` if it is still held (the current one or the one before)."""
+        for view in (self._current, self._previous):
+            if view is not None and view.version == version:
+                return view
+        return None
+
+    def refresh(self) -> bool:
+        """Load the newest published version if it is not the one held; True if it swapped."""
+        with self._lock:
+            record = self._store.latest()
+            if record is None or (self._current and self._current.version == record.version):
+                return False
+            view = load_view(self._store, record)
+            self._previous, self._current = self._current, view
+        log.info("register.version_loaded", version=record.version, count=record.count)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="register-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._store.close()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._poll_seconds):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("register.refresh_failed")

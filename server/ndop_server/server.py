@@ -1,0 +1,138 @@
+"""Assembling and running the gRPC server: the service, health checking, reflection, TLS,
+message-size limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_server.errors import ConfigurationError
+from ndop_server.keys import RegisterKeys
+from ndop_server.register_view import RegisterHolder
+from ndop_server.service import OptOutRegisterService
+
+SERVICE_NAME: Final = ndop_pb2.DESCRIPTOR.services_by_name["OptOutRegister"].full_name
+MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+GRACE_SECONDS: Final = 10.0
+
+log = structlog.get_logger("ndop.server")
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mutual TLS)."""
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    holder: RegisterHolder
+    health: health.HealthServicer
+
+    def stop(self, grace: float = GRACE_SECONDS) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.holder.stop()
+
+
+def start_server(
+    store_path: Path,
+    keys: RegisterKeys,
+    listen: str,
+    *,
+    tls: ServerTls | None,
+    insecure: bool = False,
+    poll_seconds: float = 1.0,
+    max_workers: int = 32,
+) -> RunningServer:
+    if tls is None and not insecure:
+        raise ConfigurationError(
+            "serving needs --tls-cert and --tls-key; use --insecure only for local development"
+        )
+    holder = RegisterHolder(store_path, poll_seconds)
+    if holder.register_id not in (None, keys.register_id):
+        holder.stop()
+        raise ConfigurationError(
+            f"the store belongs to register {holder.register_id} "
+            f"but the keys file is for {keys.register_id}"
+        )
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+        maximum_concurrent_rpcs=max_workers * 4,
+    )
+    ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(OptOutRegisterService(holder, keys), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, _credentials(tls))
+    except RuntimeError as exc:
+        holder.stop()
+        raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
+    if port == 0:
+        holder.stop()
+        raise ConfigurationError(f"cannot listen on {listen}")
+    server.start()
+    holder.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    health_servicer.set("", serving)
+    health_servicer.set(SERVICE_NAME, serving)
+    current = holder.current
+    log.info(
+        "server.started",
+        listen=listen,
+        port=port,
+        tls="off" if tls is None else ("mutual" if tls.client_ca else "on"),
+        register_version=current.version if current else 0,
+    )
+    return RunningServer(server, port, holder, health_servicer)
+
+
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    try:
+        pair = (tls.key.read_bytes(), tls.cert.read_bytes())
+        client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read TLS material: {exc.strerror}: {exc.filename}") from exc
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def serve_until_signalled(running: RunningServer) -> None:
+    """Block until SIGTERM or SIGINT, then drain in-flight calls and stop."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("server.stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    running.stop()
+    log.info("server.stopped")
