@@ -1,8 +1,8 @@
 """ndop client SDK: check a cohort against the national data opt-out register.
 
-    import ndop_client
-    with ndop_client.Client("localhost:50051", insecure=True) as client:
-        result = client.check(["999 000 0018", "9990000026"])
+import ndop_client
+with ndop_client.Client("localhost:50051", insecure=True) as client:
+    result = client.check(["999 000 0018", "9990000026"])
 """
 
 from ndop_client.check import CheckResult, InvalidRow, Status

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ndop_client.nhs_number import INVALID, InvalidReason, parse_values
 Matcher = Callable[[np.ndarray], MatchOutcome]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     CLEARED = "cleared"
     OPTED_OUT = "opted_out"
     INVALID = "invalid"
@@ -110,10 +110,15 @@ def check_sequence(numbers: Sequence[str], matcher: Matcher, mode: str) -> Check
     values, reasons = parse_values(numbers)
     blank = _blank_mask(len(values), reasons)
     result = classify(values, blank, matcher)
-    result.tally.invalid = _invalid_rows(reasons, lambda position: position)
+    result.tally.invalid = invalid_rows(reasons, range(len(values)))
     statuses = [
-        Status.BLANK if b else Status.INVALID if v == INVALID else
-        Status.OPTED_OUT if o else Status.CLEARED
+        Status.BLANK
+        if b
+        else Status.INVALID
+        if v == INVALID
+        else Status.OPTED_OUT
+        if o
+        else Status.CLEARED
         for v, b, o in zip(values.tolist(), blank.tolist(), result.opted_out.tolist(), strict=True)
     ]
     cleared = [n for n, s in zip(numbers, statuses, strict=True) if s is Status.CLEARED]
@@ -149,8 +154,7 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
         values, reasons = parse_values(chunk.texts)
         value_chunks.append(values)
         blank_chunks.append(_blank_mask(len(values), reasons))
-        lines = chunk.line_numbers
-        invalid.extend(_invalid_rows(reasons, lambda position: lines[position]))
+        invalid.extend(invalid_rows(reasons, chunk.line_numbers))
     values = np.concatenate(value_chunks) if value_chunks else np.empty(0, dtype=np.int64)
     blank = np.concatenate(blank_chunks) if blank_chunks else np.empty(0, dtype=bool)
     validated = time.perf_counter()
@@ -190,11 +194,12 @@ def _blank_mask(length: int, reasons: dict[int, InvalidReason]) -> np.ndarray:
     return blank
 
 
-def _invalid_rows(
-    reasons: dict[int, InvalidReason], line_of: Callable[[int], int]
+def invalid_rows(
+    reasons: dict[int, InvalidReason], line_numbers: Sequence[int]
 ) -> list[InvalidRow]:
+    """The rows `parse_values` found invalid, by line; blank rows are not invalid."""
     return [
-        InvalidRow(line_of(position), str(reason))
+        InvalidRow(line_numbers[position], str(reason))
         for position, reason in sorted(reasons.items())
         if reason is not InvalidReason.EMPTY
     ]

@@ -1,8 +1,8 @@
 """The SDK entry point: a client object used as a context manager.
 
-    with ndop_client.Client("ndop.example.nhs.uk:443", token=...) as client:
-        result = client.check(numbers)            # private mode by default
-        print(result.register_version, len(result.cleared))
+with ndop_client.Client("ndop.example.nhs.uk:443", token=...) as client:
+    result = client.check(numbers)            # private mode by default
+    print(result.register_version, len(result.cleared))
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import IO, Final
@@ -32,7 +32,7 @@ CHUNK_ROWS: Final = 65536
 _DEFAULT_COLUMN_PATTERN: Final = re.compile(r"^\s*nhs[\s_-]*(number|no|num)?\s*$", re.IGNORECASE)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     DAT = "dat"
     CSV = "csv"
     TEXT = "text"
@@ -87,7 +87,7 @@ class CohortFile:
             raise InputError("--column only applies to .csv input")
 
     def _open(self) -> IO[str]:
-        return open(self.path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        return open(self.path, encoding="utf-8-sig", newline="")
 
     def _choose_column(self, first_line: str, column: str | None) -> None:
         header = next(csv.reader([first_line]), [])

@@ -30,7 +30,9 @@ def match_hashed(
     progress: Progress,
 ) -> MatchOutcome:
     hasher = Hasher(info.salt, info.hashed_scheme)
-    bounds = batch_bounds(len(values), min(DEFAULT_BATCH_ITEMS, info.max_batch_items or DEFAULT_BATCH_ITEMS))
+    bounds = batch_bounds(
+        len(values), min(DEFAULT_BATCH_ITEMS, info.max_batch_items or DEFAULT_BATCH_ITEMS)
+    )
 
     def requests() -> Iterator[ndop_pb2.HashedCheckRequest]:
         yield ndop_pb2.HashedCheckRequest(context=context)

@@ -25,7 +25,9 @@ class Hasher:
 
     def __init__(self, salt: bytes, scheme: str = SCHEME) -> None:
         if scheme != SCHEME:
-            raise ValueError(f"the register uses hashing scheme {scheme!r}, this client knows {SCHEME!r}")
+            raise ValueError(
+                f"the register uses hashing scheme {scheme!r}, this client knows {SCHEME!r}"
+            )
         if len(salt) != SALT_SIZE:
             raise ValueError(f"the register salt must be {SALT_SIZE} bytes")
         self._prefix = hashlib.sha256(DOMAIN + salt)

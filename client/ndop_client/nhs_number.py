@@ -12,7 +12,7 @@ Reasons never quote the input: they go into reports and logs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 import numpy as np
@@ -21,7 +21,7 @@ _DIGITS: Final = frozenset("0123456789")
 _SEPARATORS: Final = str.maketrans("", "", " -")
 
 
-class InvalidReason(str, Enum):
+class InvalidReason(StrEnum):
     """Why a row does not hold a valid NHS number."""
 
     EMPTY = "empty"
@@ -29,9 +29,6 @@ class InvalidReason(str, Enum):
     WRONG_LENGTH = "not 10 digits"
     CHECK_DIGIT_10 = "check digit would be 10, so the number is never issued"
     CHECK_DIGIT_MISMATCH = "check digit does not match"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _chunk_table(weights: tuple[int, int, int]) -> dict[str, int]:
@@ -101,8 +98,6 @@ def with_check_digit(first_nine: str) -> str | None:
     """Complete nine digits into a valid NHS number, or None if no valid number has them."""
     check = check_digit(first_nine)
     return None if check is None else first_nine + str(check)
-
-
 
 
 _WEIGHT_VECTOR: Final = np.array((10, 9, 8, 7, 6, 5, 4, 3, 2), dtype=np.int64)

@@ -59,8 +59,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return [
         f"mode {report['mode']}, register version {report['register']['version']} "
         f"({report['register']['count']:,} opted out nationally)",
-        f"rows {report['rows']:,}: valid {report['valid']:,}, invalid {report['invalid']['count']:,}, "
-        f"duplicates {report['duplicates']:,}",
+        f"rows {report['rows']:,}: valid {report['valid']:,}, "
+        f"invalid {report['invalid']['count']:,}, duplicates {report['duplicates']:,}",
         f"opted out {report['opted_out']:,} ({rate:.2f}% of unique numbers), "
         f"cleared {report['cleared']:,} -> {report['output']}",
         f"took {report['timings_s']['total_s']:.2f} s",

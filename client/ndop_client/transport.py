@@ -66,7 +66,9 @@ def translate(error: grpc.RpcError, server: str) -> NdopError:
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (error.details() if isinstance(error, grpc.Call) else None) or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(f"cannot reach the ndop server at {server}: {_first_line(details)}")
+        return ServerUnavailable(
+            f"cannot reach the ndop server at {server}: {_first_line(details)}"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerUnavailable(f"the ndop server at {server} did not answer in time")
     if code == grpc.StatusCode.UNAUTHENTICATED:

@@ -76,7 +76,9 @@ def _serve_command(commands: Any) -> None:
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument("--client-ca", type=Path, help="require client certificates from this CA")
-    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for a new version")
+    serve.add_argument(
+        "--poll-seconds", type=float, default=1.0, help="how often to look for a new version"
+    )
     _log_options(serve)
     serve.set_defaults(handler=_serve)
 
@@ -157,7 +159,10 @@ def _register_info(args: argparse.Namespace) -> int:
         print(f"register {register_id or '(unbound)'}: no version published yet")
         return 0
     print(f"register {register_id}")
-    print(f"{'version':>8}  {'published at (UTC)':<29} {'count':>12} {'added':>10} {'removed':>10}  source")
+    print(
+        f"{'version':>8}  {'published at (UTC)':<29} {'count':>12} "
+        f"{'added':>10} {'removed':>10}  source"
+    )
     for r in history:
         print(
             f"{r.version:>8}  {r.published_at:<29} {r.count:>12,} {r.added:>10,} "
@@ -177,7 +182,12 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigurationError("--tls-cert and --tls-key go together")
         tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca)
     running = start_server(
-        args.store, loaded, args.listen, tls=tls, insecure=args.insecure, poll_seconds=args.poll_seconds
+        args.store,
+        loaded,
+        args.listen,
+        tls=tls,
+        insecure=args.insecure,
+        poll_seconds=args.poll_seconds,
     )
     serve_until_signalled(running)
     return 0

@@ -35,7 +35,9 @@ def write_demo_files(directory: Path, seed: int = 7) -> tuple[Path, Path, Path]:
     register = numbers[:REGISTER_SIZE]
     rng = np.random.default_rng(seed)
     in_register = rng.choice(register, size=COHORT_SIZE // 20, replace=False)
-    cohort = np.concatenate([numbers[REGISTER_SIZE:][: COHORT_SIZE - len(in_register)], in_register])
+    cohort = np.concatenate(
+        [numbers[REGISTER_SIZE:][: COHORT_SIZE - len(in_register)], in_register]
+    )
     rng.shuffle(cohort)
 
     snapshot = directory / "register-snapshot.dat"
@@ -72,7 +74,9 @@ def run_demo(directory: Path, modes: str) -> int:
         record = Publisher(store, keys).load_snapshot(snapshot).record
     print(f"   published version {record.version}: {record.count:,} entries")
 
-    running = start_server(store_path, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=0.2)
+    running = start_server(
+        store_path, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=0.2
+    )
     server = f"127.0.0.1:{running.port}"
     print(f"3. ndop serve --listen {server} --insecure   (loopback only, for the demo)")
     try:

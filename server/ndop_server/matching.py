@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Final
 
-import numpy as np
-
 from ndop_client.crypto import oprf
 from ndop_client.hashing import DIGEST_SIZE
 from ndop_client.matching import pack_bits

@@ -26,11 +26,11 @@ import numpy as np
 import structlog
 
 from ndop_client import bloom
-from ndop_client.check import InvalidRow
+from ndop_client.check import InvalidRow, invalid_rows
 from ndop_client.cohort import CohortFile
 from ndop_client.crypto import oprf
 from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import INVALID, InvalidReason, canonical_bytes, parse_values
+from ndop_client.nhs_number import INVALID, canonical_bytes, parse_values
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.store import Publication, Store, VersionRecord
@@ -68,18 +68,17 @@ def read_numbers(path: Path) -> NumberFile:
     for chunk in cohort.chunks():
         values, reasons = parse_values(chunk.texts)
         chunks.append(values[values != INVALID])
-        invalid.extend(
-            InvalidRow(chunk.line_numbers[p], str(r))
-            for p, r in sorted(reasons.items())
-            if r is not InvalidReason.EMPTY
-        )
+        invalid.extend(invalid_rows(reasons, chunk.line_numbers))
     every = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     unique = np.unique(every)
     return NumberFile(unique, invalid, len(every) - len(unique))
 
 
 def _filter_keys(oprf_key: bytes, canonical_blob: bytes) -> bytes:
-    inputs = [canonical_blob[i : i + CANONICAL_SIZE] for i in range(0, len(canonical_blob), CANONICAL_SIZE)]
+    inputs = [
+        canonical_blob[i : i + CANONICAL_SIZE]
+        for i in range(0, len(canonical_blob), CANONICAL_SIZE)
+    ]
     outputs = oprf.evaluate_input_batch(oprf_key, inputs)
     return b"".join(output[: bloom.KEY_BYTES] for output in outputs)
 
@@ -88,7 +87,10 @@ def _bloom_shard(capacity: int, keys_blob: bytes) -> tuple[bytes, int]:
     shard = bloom.empty(capacity)
     bloom.add_all(
         shard,
-        (keys_blob[i : i + bloom.KEY_BYTES].hex() for i in range(0, len(keys_blob), bloom.KEY_BYTES)),
+        (
+            keys_blob[i : i + bloom.KEY_BYTES].hex()
+            for i in range(0, len(keys_blob), bloom.KEY_BYTES)
+        ),
     )
     return shard.bitarray.tobytes(), len(keys_blob) // bloom.KEY_BYTES
 
@@ -212,7 +214,9 @@ class Publisher:
         publication.finish(
             record, {INDEX_ARTIFACT: index.astype("<u8").tobytes(), FILTER_ARTIFACT: filter_bytes}
         )
-        log.info("register.published", version=record.version, count=count, added=added, removed=removed)
+        log.info(
+            "register.published", version=record.version, count=count, added=added, removed=removed
+        )
         return record
 
     def _build_filter(self, pool: ProcessPoolExecutor, keys: bytes, count: int) -> bytes:

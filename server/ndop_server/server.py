@@ -117,7 +117,9 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
         pair = (tls.key.read_bytes(), tls.cert.read_bytes())
         client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
     except OSError as exc:
-        raise ConfigurationError(f"cannot read TLS material: {exc.strerror}: {exc.filename}") from exc
+        raise ConfigurationError(
+            f"cannot read TLS material: {exc.strerror}: {exc.filename}"
+        ) from exc
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

@@ -35,7 +35,7 @@ def _timestamp(iso: str) -> Timestamp:
     return stamp
 
 
-class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):
+class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: ignore[misc]
     def __init__(self, holder: RegisterHolder, keys: RegisterKeys) -> None:
         self._holder = holder
         self._keys = keys
