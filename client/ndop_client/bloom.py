@@ -54,7 +54,7 @@ def merge(bloom: BloomFilter, shard_bits: bytes, shard_count: int) -> None:
 def serialize(bloom: BloomFilter) -> bytes:
     buffer = io.BytesIO()
     bloom.tofile(buffer)
-    return buffer.getvalue()
+    return bytes(buffer.getvalue())
 
 
 def deserialize(data: bytes) -> BloomFilter:

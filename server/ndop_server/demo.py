@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 
 from ndop_client import report
-from ndop_client.client import Client, Mode
+from ndop_client.client import MODES, Client
 from ndop_client.progress import for_stream
 from ndop_server import keys as keyfile
 from ndop_server.logs import configure
@@ -80,7 +80,7 @@ def run_demo(directory: Path, modes: str) -> int:
     server = f"127.0.0.1:{running.port}"
     print(f"3. ndop serve --listen {server} --insecure   (loopback only, for the demo)")
     try:
-        chosen: list[Mode] = ["private", "hashed"] if modes == "both" else [modes]  # type: ignore[list-item]
+        chosen = [mode for mode in MODES if modes in (mode, "both")]
         with Client(server, insecure=True, purpose="research") as client:
             for step, mode in enumerate(chosen, start=4):
                 out = directory / f"cleared-{mode}.dat"

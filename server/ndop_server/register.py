@@ -6,8 +6,9 @@ For every opted-out number y the store keeps two keyed values and nothing else:
 Each version publishes two artifacts built from its members: the sorted 64-bit index the
 server answers hashed mode from, and the Bloom filter private-mode clients download.
 
-Everything, including the slow OPRF evaluations, happens inside one write transaction, so a
-crash at any point leaves the previous version as it was.
+The slow work (OPRF evaluations, the filter) is prepared from a read snapshot; the new version
+is then written in one short transaction, so a crash at any point leaves the previous version
+as it was, and a version published meanwhile by someone else makes this one refuse, not merge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
 from ndop_client.nhs_number import INVALID, canonical_bytes, parse_values
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
-from ndop_server.store import Publication, Store, VersionRecord
+from ndop_server.store import Store, VersionRecord
 from ndop_server.tokens import TOKEN_SIZE, Tokenizer, index_keys
 
 INDEX_ARTIFACT: Final = "index"
@@ -109,14 +110,15 @@ class Publisher:
     def load_snapshot(self, path: Path) -> Published:
         numbers = read_numbers(path)
         tokens = self._tokens(numbers.values)
-        with self._pool() as pool, self._store.publication() as publication:
-            log.info("register.stage", stage="staging", version=publication.version)
-            publication.stage_incoming(_token_rows(tokens))
-            new_positions = publication.incoming_not_live()
-            unchanged = len(numbers.values) - len(new_positions)
-            removed = publication.remove_live_not_incoming()
-            self._add(publication, pool, numbers.values, tokens, new_positions)
-            record = self._finish(publication, pool, "snapshot", len(new_positions), removed)
+        with self._store.preparation() as preparation:
+            preparation.stage(tokens)
+            new_positions = preparation.staged_not_live()
+            withdrawn = preparation.live_not_staged()
+            kept = _entries_except(preparation.live_entries(), withdrawn)
+            base = preparation.base_version
+        change = self._prepare(base, numbers.values, tokens, new_positions, withdrawn, kept)
+        record = self._publish(change, "snapshot")
+        unchanged = len(numbers.values) - len(new_positions)
         return Published(record, numbers.invalid, numbers.duplicates, unchanged)
 
     def apply_changes(self, add: Path | None, remove: Path | None) -> Published:
@@ -131,22 +133,76 @@ class Publisher:
                 "a change set must say one or the other"
             )
         add_tokens = self._tokens(adding.values)
-        remove_tokens = self._tokens(removing.values)
-        with self._pool() as pool, self._store.publication() as publication:
-            log.info("register.stage", stage="staging", version=publication.version)
-            publication.stage_incoming(_token_rows(remove_tokens))
-            removed = publication.remove_live_incoming()
-            publication.stage_incoming(_token_rows(add_tokens))
-            new_positions = publication.incoming_not_live()
-            self._add(publication, pool, adding.values, add_tokens, new_positions)
-            record = self._finish(publication, pool, "changes", len(new_positions), removed)
-        unchanged = (len(adding.values) - len(new_positions)) + (len(removing.values) - removed)
+        with self._store.preparation() as preparation:
+            preparation.stage(self._tokens(removing.values))
+            withdrawn = preparation.live_staged()
+            preparation.stage(add_tokens)
+            new_positions = preparation.staged_not_live()
+            kept = _entries_except(preparation.live_entries(), withdrawn)
+            base = preparation.base_version
+        change = self._prepare(base, adding.values, add_tokens, new_positions, withdrawn, kept)
+        record = self._publish(change, "changes")
+        unchanged = (len(adding.values) - len(new_positions)) + (
+            len(removing.values) - len(withdrawn)
+        )
         return Published(
             record,
             adding.invalid + removing.invalid,
             adding.duplicates + removing.duplicates,
             unchanged,
         )
+
+    def _prepare(
+        self,
+        base_version: int,
+        values: np.ndarray,
+        tokens: Sequence[bytes],
+        new_positions: Sequence[int],
+        withdrawn: set[int],
+        kept: tuple[bytearray, bytearray],
+    ) -> _Change:
+        """Everything slow, done before taking the write lock."""
+        with self._pool() as pool:
+            new_keys = self._filter_keys(pool, values[np.asarray(new_positions, dtype=np.int64)])
+            kept_tokens, kept_keys = kept
+            all_tokens = bytes(kept_tokens) + b"".join(tokens[p] for p in new_positions)
+            all_keys = bytes(kept_keys) + new_keys
+            count = len(all_tokens) // TOKEN_SIZE
+            log.info("register.stage", stage="building artifacts", entries=count)
+            index = np.sort(index_keys(all_tokens)).astype("<u8").tobytes()
+            filter_bytes = self._build_filter(pool, all_keys, count)
+        added = [
+            (tokens[p], new_keys[i * bloom.KEY_BYTES : (i + 1) * bloom.KEY_BYTES])
+            for i, p in enumerate(new_positions)
+        ]
+        return _Change(base_version, added, withdrawn, count, index, filter_bytes)
+
+    def _publish(self, change: _Change, source: str) -> VersionRecord:
+        with self._store.publication(change.base_version) as publication:
+            record = VersionRecord(
+                version=publication.version,
+                published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                count=change.count,
+                source=source,
+                added=len(change.added),
+                removed=len(change.withdrawn),
+                key_id=self._keys.oprf_key_id,
+                filter_sha256=hashlib.sha256(change.filter_bytes).digest(),
+                filter_size=len(change.filter_bytes),
+            )
+            publication.remove(change.withdrawn)
+            publication.add(change.added)
+            publication.finish(
+                record, {INDEX_ARTIFACT: change.index, FILTER_ARTIFACT: change.filter_bytes}
+            )
+        log.info(
+            "register.published",
+            version=record.version,
+            count=record.count,
+            added=record.added,
+            removed=record.removed,
+        )
+        return record
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -161,63 +217,13 @@ class Publisher:
             tokens.extend(packed[i : i + TOKEN_SIZE] for i in range(0, len(packed), TOKEN_SIZE))
         return tokens
 
-    def _add(
-        self,
-        publication: Publication,
-        pool: ProcessPoolExecutor,
-        values: np.ndarray,
-        tokens: Sequence[bytes],
-        positions: Sequence[int],
-    ) -> None:
-        log.info("register.stage", stage="evaluating", entries=len(positions))
-        chosen = values[np.asarray(positions, dtype=np.int64)]
+    def _filter_keys(self, pool: ProcessPoolExecutor, values: np.ndarray) -> bytes:
+        log.info("register.stage", stage="evaluating", entries=len(values))
         blobs = [
-            canonical_bytes(chosen[start : start + _WORK_ITEMS])
-            for start in range(0, len(chosen), _WORK_ITEMS)
+            canonical_bytes(values[start : start + _WORK_ITEMS])
+            for start in range(0, len(values), _WORK_ITEMS)
         ]
-        key_blobs = pool.map(_filter_keys, [self._keys.oprf_key] * len(blobs), blobs)
-        filter_keys = (
-            blob[i : i + bloom.KEY_BYTES]
-            for blob in key_blobs
-            for i in range(0, len(blob), bloom.KEY_BYTES)
-        )
-        publication.add(zip((tokens[p] for p in positions), filter_keys, strict=True))
-
-    def _finish(
-        self,
-        publication: Publication,
-        pool: ProcessPoolExecutor,
-        source: str,
-        added: int,
-        removed: int,
-    ) -> VersionRecord:
-        log.info("register.stage", stage="building artifacts", version=publication.version)
-        tokens = bytearray()
-        keys = bytearray()
-        for token, key in publication.live_entries():
-            tokens += token
-            keys += key
-        count = len(tokens) // TOKEN_SIZE
-        index = np.sort(index_keys(bytes(tokens)))
-        filter_bytes = self._build_filter(pool, bytes(keys), count)
-        record = VersionRecord(
-            version=publication.version,
-            published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            count=count,
-            source=source,
-            added=added,
-            removed=removed,
-            key_id=self._keys.oprf_key_id,
-            filter_sha256=hashlib.sha256(filter_bytes).digest(),
-            filter_size=len(filter_bytes),
-        )
-        publication.finish(
-            record, {INDEX_ARTIFACT: index.astype("<u8").tobytes(), FILTER_ARTIFACT: filter_bytes}
-        )
-        log.info(
-            "register.published", version=record.version, count=count, added=added, removed=removed
-        )
-        return record
+        return b"".join(pool.map(_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
 
     def _build_filter(self, pool: ProcessPoolExecutor, keys: bytes, count: int) -> bytes:
         combined = bloom.empty(count)
@@ -229,5 +235,24 @@ class Publisher:
         return bloom.serialize(combined)
 
 
-def _token_rows(tokens: Sequence[bytes]) -> list[tuple[bytes, int]]:
-    return [(token, position) for position, token in enumerate(tokens)]
+@dataclass
+class _Change:
+    base_version: int
+    added: list[tuple[bytes, bytes]]
+    withdrawn: set[int]
+    count: int
+    index: bytes
+    filter_bytes: bytes
+
+
+def _entries_except(
+    entries: Iterable[tuple[int, bytes, bytes]], withdrawn: set[int]
+) -> tuple[bytearray, bytearray]:
+    """Concatenated tokens and filter keys of the entries not withdrawn."""
+    tokens = bytearray()
+    keys = bytearray()
+    for rowid, token, key in entries:
+        if rowid not in withdrawn:
+            tokens += token
+            keys += key
+    return tokens, keys

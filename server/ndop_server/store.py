@@ -2,9 +2,11 @@
 
 Entries carry the version that added them and the version that removed them, so the members
 of any version are `added_in <= v AND (removed_in IS NULL OR removed_in > v)`. A load or change
-set runs in one write transaction that ends by inserting the new `versions` row: a crash
+set is written in one transaction that ends by inserting the new `versions` row: a crash
 before the commit leaves the previous version whole, and readers (servers, in WAL mode) see
-either the old version or the new one, never a mixture.
+either the old version or the new one, never a mixture. The slow work (OPRF evaluations,
+building the filter) is prepared beforehand under a read snapshot, so the write lock is held
+only for the writes and servers can keep recording usage meanwhile.
 
 Nothing here is an NHS number: entries hold tokens (keyed with the store key) and filter keys
 (keyed with the OPRF key); both keys live in the separate keys file.
@@ -163,15 +165,85 @@ class Store:
     # --- writing ----------------------------------------------------------------------------
 
     @contextmanager
-    def publication(self) -> Iterator[Publication]:
-        """A write transaction that publishes exactly one new version, or nothing."""
+    def preparation(self) -> Iterator[Preparation]:
+        """A read snapshot for working out a new version; takes no write lock."""
+        self._db.execute("BEGIN")
+        try:
+            yield Preparation(self._db, self.latest_number())
+        finally:
+            self._db.execute("COMMIT")
+            self._db.execute("DROP TABLE IF EXISTS temp.incoming")
+
+    @contextmanager
+    def publication(self, base_version: int) -> Iterator[Publication]:
+        """A short write transaction that publishes exactly one new version, or nothing.
+
+        Refuses to publish if another version was published since `base_version`.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield Publication(self._db, self.latest_number() + 1)
+            latest = self.latest_number()
+            if latest != base_version:
+                raise StoreError(
+                    f"version {latest} was published while this one was being prepared "
+                    f"from version {base_version}; run the command again"
+                )
+            yield Publication(self._db, latest + 1)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+
+class Preparation:
+    """Reads the current version's members and compares an input file against them."""
+
+    def __init__(self, db: sqlite3.Connection, base_version: int) -> None:
+        self._db = db
+        self.base_version = base_version
+
+    def stage(self, tokens: Iterable[bytes]) -> None:
+        """Hold an input file's tokens (by position) in a temporary table."""
+        self._db.execute("DROP TABLE IF EXISTS temp.incoming")
+        self._db.execute(
+            "CREATE TEMP TABLE incoming (token BLOB PRIMARY KEY, position INTEGER NOT NULL) "
+            "WITHOUT ROWID"
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO incoming VALUES (?, ?)",
+            ((token, position) for position, token in enumerate(tokens)),
+        )
+
+    def staged_not_live(self) -> list[int]:
+        """Positions of staged tokens that are not members of the current version."""
+        rows = self._db.execute(
+            "SELECT position FROM incoming i WHERE NOT EXISTS "
+            "(SELECT 1 FROM entries e WHERE e.token = i.token AND e.removed_in IS NULL) "
+            "ORDER BY position"
+        )
+        return [row[0] for row in rows]
+
+    def live_staged(self) -> set[int]:
+        """Row ids of current members whose token is staged."""
+        rows = self._db.execute(
+            "SELECT e.rowid FROM entries e JOIN incoming i ON e.token = i.token "
+            "WHERE e.removed_in IS NULL"
+        )
+        return {row[0] for row in rows}
+
+    def live_not_staged(self) -> set[int]:
+        """Row ids of current members whose token is not staged."""
+        rows = self._db.execute(
+            "SELECT rowid FROM entries WHERE removed_in IS NULL "
+            "AND token NOT IN (SELECT token FROM incoming)"
+        )
+        return {row[0] for row in rows}
+
+    def live_entries(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(row id, token, filter key) of every current member."""
+        yield from self._db.execute(
+            "SELECT rowid, token, filter_key FROM entries WHERE removed_in IS NULL"
+        )
 
 
 class Publication:
@@ -181,48 +253,11 @@ class Publication:
         self._db = db
         self.version = version
 
-    def stage_incoming(self, tokens: Iterable[tuple[bytes, int]]) -> None:
-        """Fill a temporary table with (token, position) pairs of a snapshot or change file."""
-        self._db.execute("DROP TABLE IF EXISTS temp.incoming")
-        self._db.execute(
-            "CREATE TEMP TABLE incoming (token BLOB PRIMARY KEY, position INTEGER NOT NULL) "
-            "WITHOUT ROWID"
+    def remove(self, rowids: Iterable[int]) -> None:
+        self._db.executemany(
+            "UPDATE entries SET removed_in = ? WHERE rowid = ? AND removed_in IS NULL",
+            ((self.version, rowid) for rowid in rowids),
         )
-        self._db.executemany("INSERT OR IGNORE INTO incoming VALUES (?, ?)", tokens)
-
-    def incoming_not_live(self) -> list[int]:
-        """Positions of staged tokens that are not members of the current version."""
-        rows = self._db.execute(
-            "SELECT position FROM incoming i WHERE NOT EXISTS "
-            "(SELECT 1 FROM entries e WHERE e.token = i.token AND e.removed_in IS NULL) "
-            "ORDER BY position"
-        )
-        return [row[0] for row in rows]
-
-    def incoming_live_count(self) -> int:
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM incoming i WHERE EXISTS "
-            "(SELECT 1 FROM entries e WHERE e.token = i.token AND e.removed_in IS NULL)"
-        ).fetchone()
-        return int(row[0])
-
-    def remove_live_not_incoming(self) -> int:
-        """Withdraw every live entry absent from the staged snapshot."""
-        cursor = self._db.execute(
-            "UPDATE entries SET removed_in = ? WHERE removed_in IS NULL "
-            "AND token NOT IN (SELECT token FROM incoming)",
-            (self.version,),
-        )
-        return cursor.rowcount
-
-    def remove_live_incoming(self) -> int:
-        """Withdraw every live entry present in the staged change file."""
-        cursor = self._db.execute(
-            "UPDATE entries SET removed_in = ? WHERE removed_in IS NULL "
-            "AND token IN (SELECT token FROM incoming)",
-            (self.version,),
-        )
-        return cursor.rowcount
 
     def add(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
         """Add (token, filter_key) entries as members from this version on."""
@@ -230,15 +265,6 @@ class Publication:
             "INSERT INTO entries (token, filter_key, added_in) VALUES (?, ?, ?)",
             ((token, key, self.version) for token, key in entries),
         )
-
-    def live_entries(self) -> Iterator[tuple[bytes, bytes]]:
-        yield from self._db.execute(
-            "SELECT token, filter_key FROM entries WHERE removed_in IS NULL"
-        )
-
-    def live_count(self) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM entries WHERE removed_in IS NULL").fetchone()
-        return int(row[0])
 
     def finish(self, record: VersionRecord, artifacts: dict[str, bytes]) -> None:
         """Store the artifacts and the version row; the commit that follows publishes them."""
@@ -263,4 +289,3 @@ class Publication:
         self._db.execute(
             "DELETE FROM artifacts WHERE version <= ?", (record.version - ARTIFACTS_KEPT,)
         )
-        self._db.execute("DROP TABLE IF EXISTS temp.incoming")
