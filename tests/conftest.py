@@ -1,4 +1,8 @@
-"""Fixtures shared by the tests: a real register store and a real server on a loopback port."""
+"""Fixtures shared by the tests: a real register store and a real server on a loopback port.
+
+The `server` fixture also creates an organisation and exports its token as NDOP_TOKEN, so SDK
+and CLI calls authenticate; raw stub calls pass `auth_metadata`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 
 from ndop_server import keys as keyfile
+from ndop_server.accounts import Accounts
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import Publisher
 from ndop_server.server import RunningServer, start_server
@@ -50,7 +55,22 @@ def register(tmp_path: Path) -> Register:
 
 
 @pytest.fixture
-def server(register: Register) -> Iterator[RunningServer]:
+def token(register: Register, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An organisation's API token, also exported as NDOP_TOKEN for the SDK and the CLI."""
+    with Accounts(register.store_path) as accounts:
+        issued = accounts.add("test-org", hashed_quota=10_000_000, private_quota=10_000_000)
+    monkeypatch.setenv("NDOP_TOKEN", issued)
+    return issued
+
+
+@pytest.fixture
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that authenticates raw stub calls as the test organisation."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+def server(register: Register, token: str) -> Iterator[RunningServer]:
     running = start_server(
         register.store_path,
         register.keys,

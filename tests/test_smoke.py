@@ -8,7 +8,7 @@ def test_sdk_check_both_modes_agree(register: Register, address: str) -> None:
     numbers = [f"{v:010d}" for v in register.opted_out[:50].tolist()] + [
         f"{v:010d}" for v in register.not_opted_out[:50].tolist()
     ]
-    with Client(address, insecure=True) as client:
+    with Client(address, insecure=True, purpose="research") as client:
         private = client.check(numbers, mode="private")
         hashed = client.check(numbers, mode="hashed")
     assert private.statuses == hashed.statuses

@@ -1,7 +1,7 @@
 """ndop client SDK: check a cohort against the national data opt-out register.
 
 import ndop_client
-with ndop_client.Client("localhost:50051", insecure=True) as client:
+with ndop_client.Client("localhost:50051", ca_file="ca.pem", purpose="research") as client:
     result = client.check(["999 000 0018", "9990000026"])
 """
 

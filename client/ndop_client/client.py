@@ -1,6 +1,6 @@
 """The SDK entry point: a client object used as a context manager.
 
-with ndop_client.Client("ndop.example.nhs.uk:443", token=...) as client:
+with ndop_client.Client("ndop.example.nhs.uk:443", token=..., purpose="research") as client:
     result = client.check(numbers)            # private mode by default
     print(result.register_version, len(result.cleared))
 """
@@ -28,6 +28,7 @@ from ndop_client.matching import MatchOutcome
 from ndop_client.private_mode import match_private
 from ndop_client.progress import NoProgress, Progress
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_client.purposes import PURPOSES
 from ndop_client.register_info import RegisterInfo
 from ndop_client.transport import TlsSettings, open_channel, translate
 
@@ -47,7 +48,7 @@ class Client:
         client_cert: Path | str | None = None,
         client_key: Path | str | None = None,
         token: str | None = None,
-        purpose: str = "research",
+        purpose: str | None = None,
         workers: int | None = None,
         cache_dir: Path | str | None = None,
         timeout: float | None = None,
@@ -123,11 +124,13 @@ class Client:
     ) -> Callable[[np.ndarray], MatchOutcome]:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        context = ndop_pb2.CheckContext(
-            purpose=purpose or self.purpose, request_id=str(uuid.uuid4())
-        )
+        declared = purpose or self.purpose
+        if declared not in PURPOSES:
+            raise UsageError(f"declare the purpose of the check, one of: {', '.join(PURPOSES)}")
+        context = ndop_pb2.CheckContext(purpose=declared, request_id=str(uuid.uuid4()))
 
         def match(unique_values: np.ndarray) -> MatchOutcome:
+            context.expected_items = len(unique_values)
             info = self.info()
             with self._rpc_errors():
                 if mode == "hashed":

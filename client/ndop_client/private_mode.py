@@ -37,6 +37,7 @@ def match_private(
     cache_dir: Path,
 ) -> MatchOutcome:
     cached = fetch_filter(stub, cache_dir, info.register_id, info.version, metadata)
+    context.register_version = cached.register_version
     batch_items = min(DEFAULT_BATCH_ITEMS // 4, info.max_batch_items or DEFAULT_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)
     window = 2 * workers + 2

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ndop_server import keys as keyfile
+from ndop_server.cli_access import add_access_commands
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
 from ndop_server.server import ServerTls, serve_until_signalled, start_server
@@ -18,6 +19,7 @@ def register_commands(commands: Any) -> None:
     _keys_commands(commands)
     _register_commands(commands)
     _serve_command(commands)
+    add_access_commands(commands)
     demo = commands.add_parser("demo", help="the whole loop on synthetic 999-range data")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where files go")
     demo.add_argument("--mode", choices=("private", "hashed", "both"), default="both")
@@ -75,7 +77,9 @@ def _serve_command(commands: Any) -> None:
     serve.add_argument("--insecure", action="store_true", help="plaintext; local development only")
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    serve.add_argument("--client-ca", type=Path, help="require client certificates from this CA")
+    serve.add_argument(
+        "--client-ca", type=Path, help="accept client certificates from this CA (mutual TLS)"
+    )
     serve.add_argument(
         "--poll-seconds", type=float, default=1.0, help="how often to look for a new version"
     )

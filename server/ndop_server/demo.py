@@ -1,8 +1,9 @@
 """`ndop demo`: the whole loop on synthetic 999-range data, with nothing to set up.
 
-Makes register keys, loads a snapshot, starts a server on a loopback port, checks a messy
-cohort file in private mode (and hashed mode), applies a change set that the running server
-picks up, and prints the report.
+Makes register keys, loads a snapshot, adds an organisation, starts a server on a loopback
+port, checks a messy cohort file in private mode (and hashed mode), applies a change set that
+the running server picks up, verifies the signed receipt, shows the audit log and prints the
+report.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Final
 
 import numpy as np
 
-from ndop_client import report
-from ndop_client.client import MODES, Client
+from ndop_client import receipts, report
+from ndop_client.client import MODES, Client, Mode
 from ndop_client.progress import for_stream
 from ndop_server import keys as keyfile
+from ndop_server.accounts import DEFAULT_DAILY_QUOTA, Accounts
 from ndop_server.logs import configure
 from ndop_server.register import Publisher
 from ndop_server.server import start_server
@@ -66,53 +68,85 @@ def run_demo(directory: Path, modes: str) -> int:
     keys_path = directory / "register-keys.json"
     store_path = directory / "register.sqlite3"
     snapshot, cohort, withdrawn = write_demo_files(directory)
+    steps = iter(range(1, 100))
 
-    print(f"1. ndop keys init --keys {keys_path}")
+    print(f"{next(steps)}. ndop keys init --keys {keys_path}")
     keys = keyfile.write_new(keys_path)
-    print(f"2. ndop register load {snapshot.name} ({REGISTER_SIZE:,} synthetic opt-outs)")
+    print(
+        f"{next(steps)}. ndop register load {snapshot.name}  ({REGISTER_SIZE:,} synthetic opt-outs)"
+    )
     with Store(store_path, create=True) as store:
         record = Publisher(store, keys).load_snapshot(snapshot).record
     print(f"   published version {record.version}: {record.count:,} entries")
+    print(f"{next(steps)}. ndop org add demo-research-org  (its API token is printed once)")
+    with Accounts(store_path) as accounts:
+        token = accounts.add("demo-research-org", DEFAULT_DAILY_QUOTA, DEFAULT_DAILY_QUOTA)
 
     running = start_server(
         store_path, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=0.2
     )
     server = f"127.0.0.1:{running.port}"
-    print(f"3. ndop serve --listen {server} --insecure   (loopback only, for the demo)")
+    print(f"{next(steps)}. ndop serve --listen {server} --insecure  (loopback only, for the demo)")
+    chosen = [mode for mode in MODES if modes in (mode, "both")]
     try:
-        chosen = [mode for mode in MODES if modes in (mode, "both")]
-        with Client(server, insecure=True, purpose="research") as client:
-            for step, mode in enumerate(chosen, start=4):
-                out = directory / f"cleared-{mode}.dat"
-                print(f"{step}. ndop check {cohort.name} --mode {mode} --out {out.name}")
-                check = client.check_file(cohort, out, mode=mode, progress=for_stream())
-                result = report.build(check, "research")
-                report.write(result, directory / f"report-{mode}.json")
-                for line in report.summary_lines(result):
-                    print(f"   {line}")
+        with Client(server, insecure=True, token=token, purpose="research") as client:
+            for mode in chosen:
+                print(
+                    f"{next(steps)}. ndop check {cohort.name} --mode {mode} --purpose research "
+                    f"--out cleared-{mode}.dat --report report-{mode}.json"
+                )
+                _check(client, cohort, directory, mode, mode)
             if len(chosen) == 2:
                 same = (directory / "cleared-private.dat").read_bytes() == (
                     directory / "cleared-hashed.dat"
                 ).read_bytes()
                 print(f"   private and hashed cleared files identical: {same}")
 
-            print(f"{len(chosen) + 4}. ndop register apply --remove {withdrawn.name} (20 withdraw)")
+            print(f"{next(steps)}. ndop register apply --remove {withdrawn.name}  (20 withdrawn)")
             with Store(store_path) as store:
                 record = Publisher(store, keys).apply_changes(None, withdrawn).record
             deadline = time.monotonic() + 10
             while client.info().version != record.version and time.monotonic() < deadline:
                 time.sleep(0.1)
             print(f"   the running server now answers from version {client.info().version}")
-            out = directory / "cleared-after-change.dat"
-            check = client.check_file(cohort, out, mode=chosen[0])
-            result = report.build(check, "research")
-            report.write(result, directory / "report-after-change.json")
-            for line in report.summary_lines(result):
-                print(f"   {line}")
-        print(f"\nreport ({directory / f'report-{chosen[0]}.json'}):")
+            print(f"{next(steps)}. ndop check {cohort.name} again")
+            _check(client, cohort, directory, chosen[0], "after-change")
+
+        receipt = directory / f"report-{chosen[0]}.receipt.json"
+        print(f"{next(steps)}. ndop receipt verify {receipt.name} --public-key $(ndop keys public)")
+        statement = receipts.verify_file(receipt, keys.signing_public_key)
+        print(
+            f"   verified: {statement['organisation']} checked {statement['items_checked']:,} "
+            f"numbers for {statement['purpose']} against version {statement['register_version']}"
+        )
+        print(f"{next(steps)}. ndop audit --store {store_path}")
+        with Accounts(store_path) as accounts:
+            for entry in accounts.audit():
+                print(
+                    f"   {entry.at}  {entry.organisation}  {entry.mode:<7}  "
+                    f"{entry.items_checked:,} checked, version {entry.register_version}, "
+                    f"{entry.outcome}"
+                )
         shown = json.loads((directory / f"report-{chosen[0]}.json").read_text())
         shown["invalid"]["rows"] = shown["invalid"]["rows"][:5]
+        print(f"\nreport-{chosen[0]}.json:")
         print(json.dumps(shown, indent=2))
+        print(f"\nall files are in {directory}/")
     finally:
         running.stop(grace=1)
     return 0
+
+
+def _check(client: Client, cohort: Path, directory: Path, mode: Mode, name: str) -> None:
+    check = client.check_file(
+        cohort, directory / f"cleared-{name}.dat", mode=mode, progress=for_stream()
+    )
+    result = report.build(check, "research")
+    summary = check.classified.outcome.summary
+    if summary is not None and summary.HasField("receipt"):
+        receipt_path = directory / f"report-{name}.receipt.json"
+        receipts.write(summary.receipt, receipt_path)
+        result["receipt"] = str(receipt_path)
+    report.write(result, directory / f"report-{name}.json")
+    for line in report.summary_lines(result):
+        print(f"   {line}")

@@ -21,7 +21,8 @@ class BatchRejected(ValueError):
     """A batch is malformed; the message is safe to send to the client and to log."""
 
 
-def _check_size(batch_id: int, payload: bytes, item_size: int, what: str) -> int:
+def batch_items(batch_id: int, payload: bytes, item_size: int, what: str) -> int:
+    """How many items a packed batch holds; BatchRejected if it is malformed or too big."""
     if len(payload) % item_size:
         raise BatchRejected(f"batch {batch_id}: {what} must be {item_size} bytes each")
     count = len(payload) // item_size
@@ -36,12 +37,13 @@ class HashedMatcher:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
 
-    def answer(self, view: RegisterView, batch_id: int, digests: bytes) -> tuple[int, bytes, int]:
-        """(items, packed membership bits, items opted out) for one batch of digests."""
-        count = _check_size(batch_id, digests, DIGEST_SIZE, "digests")
-        keys = index_keys(self._tokenizer.tokens(digests, DIGEST_SIZE))
-        members = view.members(keys)
-        return count, pack_bits(members), int(members.sum())
+    def count(self, batch_id: int, digests: bytes) -> int:
+        return batch_items(batch_id, digests, DIGEST_SIZE, "digests")
+
+    def answer(self, view: RegisterView, digests: bytes) -> tuple[bytes, int]:
+        """(packed membership bits, items opted out) for one well-formed batch of digests."""
+        members = view.members(index_keys(self._tokenizer.tokens(digests, DIGEST_SIZE)))
+        return pack_bits(members), int(members.sum())
 
 
 class Evaluator:
@@ -50,10 +52,12 @@ class Evaluator:
     def __init__(self, oprf_key: bytes) -> None:
         self._key = oprf_key
 
-    def answer(self, batch_id: int, blinded: bytes) -> tuple[int, bytes]:
-        count = _check_size(batch_id, blinded, oprf.ELEMENT_SIZE, "blinded elements")
+    def count(self, batch_id: int, blinded: bytes) -> int:
+        return batch_items(batch_id, blinded, oprf.ELEMENT_SIZE, "blinded elements")
+
+    def answer(self, batch_id: int, blinded: bytes) -> bytes:
         try:
-            return count, oprf.evaluate_batch(self._key, blinded)
+            return oprf.evaluate_batch(self._key, blinded)
         except oprf.InvalidElementError as exc:
             raise BatchRejected(
                 f"batch {batch_id}: element {exc.index} is not a valid ristretto255 encoding "

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_server.accounts import Accounts
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.register_view import RegisterHolder
@@ -42,12 +43,14 @@ class RunningServer:
     server: grpc.Server
     port: int
     holder: RegisterHolder
+    accounts: Accounts
     health: health.HealthServicer
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.holder.stop()
+        self.accounts.close()
 
 
 def start_server(
@@ -64,38 +67,36 @@ def start_server(
         raise ConfigurationError(
             "serving needs --tls-cert and --tls-key; use --insecure only for local development"
         )
+    credentials = None if tls is None else _credentials(tls)
     holder = RegisterHolder(store_path, poll_seconds)
-    if holder.register_id not in (None, keys.register_id):
-        holder.stop()
-        raise ConfigurationError(
-            f"the store belongs to register {holder.register_id} "
-            f"but the keys file is for {keys.register_id}"
-        )
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-        maximum_concurrent_rpcs=max_workers * 4,
-    )
-    ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(OptOutRegisterService(holder, keys), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    accounts = Accounts(store_path)
     try:
-        if tls is None:
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, _credentials(tls))
-    except RuntimeError as exc:
+        if holder.register_id not in (None, keys.register_id):
+            raise ConfigurationError(
+                f"the store belongs to register {holder.register_id} "
+                f"but the keys file is for {keys.register_id}"
+            )
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+            maximum_concurrent_rpcs=max_workers * 4,
+        )
+        ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(
+            OptOutRegisterService(holder, keys, accounts), server
+        )
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = _bind(server, listen, credentials)
+    except BaseException:
         holder.stop()
-        raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
-    if port == 0:
-        holder.stop()
-        raise ConfigurationError(f"cannot listen on {listen}")
+        accounts.close()
+        raise
     server.start()
     holder.start()
     serving = health_pb2.HealthCheckResponse.SERVING
@@ -109,7 +110,20 @@ def start_server(
         tls="off" if tls is None else ("mutual" if tls.client_ca else "on"),
         register_version=current.version if current else 0,
     )
-    return RunningServer(server, port, holder, health_servicer)
+    return RunningServer(server, port, holder, accounts, health_servicer)
+
+
+def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
+    if port == 0:
+        raise ConfigurationError(f"cannot listen on {listen}")
+    return port
 
 
 def _credentials(tls: ServerTls) -> grpc.ServerCredentials:

@@ -1,4 +1,5 @@
-"""The gRPC servicer: thin. It unpacks requests, calls the matchers, and packs answers.
+"""The gRPC servicer: thin. It authenticates, unpacks requests, calls the matchers and the
+check session, and packs answers.
 
 Any malformed request ends the call with INVALID_ARGUMENT and a sentence naming the rule
 broken; nothing a client sends can stop the server or reach a log.
@@ -6,11 +7,8 @@ broken; nothing a client sends can stop the server or reach a log.
 
 from __future__ import annotations
 
-import hashlib
-import time
-import uuid
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -20,13 +18,19 @@ from ndop_client import bloom
 from ndop_client.crypto import oprf
 from ndop_client.hashing import DIGEST_SIZE, SCHEME
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_server.access import AccessDenied, Gatekeeper
+from ndop_server.accounts import Accounts, Mode, Organisation, QuotaExhausted
 from ndop_server.keys import RegisterKeys
 from ndop_server.matching import MAX_BATCH_ITEMS, BatchRejected, Evaluator, HashedMatcher
+from ndop_server.receipts import ReceiptSigner
 from ndop_server.register_view import RegisterHolder, RegisterView
+from ndop_server.sessions import CheckRefused, CheckSession, Served
 from ndop_server.tokens import Tokenizer
 
 FILTER_CHUNK_BYTES: Final = 1 << 20
 log = structlog.get_logger("ndop.server")
+Request = TypeVar("Request", ndop_pb2.HashedCheckRequest, ndop_pb2.EvaluateRequest)
+Response = TypeVar("Response", ndop_pb2.HashedCheckResponse, ndop_pb2.EvaluateResponse)
 
 
 def _timestamp(iso: str) -> Timestamp:
@@ -35,27 +39,121 @@ def _timestamp(iso: str) -> Timestamp:
     return stamp
 
 
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")
+
+
 class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: ignore[misc]
-    def __init__(self, holder: RegisterHolder, keys: RegisterKeys) -> None:
+    def __init__(self, holder: RegisterHolder, keys: RegisterKeys, accounts: Accounts) -> None:
         self._holder = holder
         self._keys = keys
+        self._accounts = accounts
+        self._gatekeeper = Gatekeeper(accounts)
+        self._signer = ReceiptSigner(keys.signing_key)
         self._hashed = HashedMatcher(Tokenizer(keys.store_key))
         self._evaluator = Evaluator(keys.oprf_key)
+
+    # --- common -----------------------------------------------------------------------------
+
+    def _organisation(self, context: grpc.ServicerContext) -> Organisation:
+        try:
+            return self._gatekeeper.organisation(context)
+        except AccessDenied as exc:
+            _abort(context, exc.code, str(exc))
 
     def _view(self, context: grpc.ServicerContext) -> RegisterView:
         view = self._holder.current
         if view is None:
-            context.abort(
+            _abort(
+                context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no register version has been published yet; load a snapshot first",
             )
         return view
 
+    def _run_check(
+        self,
+        context: grpc.ServicerContext,
+        mode: Mode,
+        requests: Iterator[Request],
+        answer: Callable[[Request, CheckSession], Response | None],
+        served: Callable[[CheckSession], Served],
+        summary: Callable[[ndop_pb2.CheckSummary], Response],
+    ) -> Iterator[Response]:
+        """The stream both modes share: context first, then batches, then a signed summary."""
+        organisation = self._organisation(context)
+        session = CheckSession(
+            self._accounts, self._signer, self._keys.register_id, organisation, mode
+        )
+        outcome = "cancelled"
+        try:
+            for position, request in enumerate(requests):
+                if position == 0:
+                    session.begin(request.context)
+                response = answer(request, session)
+                if response is not None:
+                    yield response
+            done = served(session)
+            receipt = session.complete(done)
+            outcome = "completed"
+        except (BatchRejected, CheckRefused) as exc:
+            outcome = "invalid-argument"
+            self._refuse(context, session, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except QuotaExhausted as exc:
+            outcome = "quota-exceeded"
+            self._refuse(context, session, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        finally:
+            if outcome == "cancelled":
+                session.fail(served(session), outcome)
+        log.info(
+            "check.completed",
+            organisation=organisation.name,
+            mode=mode,
+            purpose=session.purpose,
+            request_id=session.request_id,
+            register_version=done.version,
+            items=session.items,
+            opted_out=session.opted_out if mode == "hashed" else None,
+        )
+        yield summary(
+            ndop_pb2.CheckSummary(
+                request_id=session.request_id,
+                register_version=done.version,
+                register_count=done.count,
+                items_checked=session.items,
+                items_opted_out=session.opted_out,
+                receipt=receipt,
+            )
+        )
+
+    def _refuse(
+        self,
+        context: grpc.ServicerContext,
+        session: CheckSession,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> NoReturn:
+        current = self._holder.current
+        served = Served(current.version, current.record.count) if current else Served(0, 0)
+        session.fail(served, code.name.lower().replace("_", "-"))
+        log.info(
+            "check.refused",
+            organisation=session.organisation.name,
+            mode=session.mode,
+            request_id=session.request_id,
+            code=code.name,
+            reason=message,
+        )
+        _abort(context, code, message)
+
+    # --- RPCs -------------------------------------------------------------------------------
+
     def GetRegisterInfo(
         self, request: ndop_pb2.GetRegisterInfoRequest, context: grpc.ServicerContext
     ) -> ndop_pb2.RegisterInfo:
-        view = self._view(context)
-        record = view.record
+        self._organisation(context)
+        record = self._view(context).record
         return ndop_pb2.RegisterInfo(
             register_id=self._keys.register_id,
             version=ndop_pb2.RegisterVersion(
@@ -84,56 +182,43 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         context: grpc.ServicerContext,
     ) -> Iterator[ndop_pb2.HashedCheckResponse]:
         view = self._view(context)
-        started = time.monotonic()
-        request_id = ""
-        checked = opted_out = 0
-        submitted = hashlib.sha256()
-        try:
-            for position, request in enumerate(request_iterator):
-                if position == 0:
-                    request_id = request.context.request_id or str(uuid.uuid4())
-                if not request.digests:
-                    continue
-                count, bits, hits = self._hashed.answer(view, request.batch_id, request.digests)
-                submitted.update(request.digests)
-                checked += count
-                opted_out += hits
-                yield ndop_pb2.HashedCheckResponse(
-                    batch=ndop_pb2.MembershipBatch(
-                        batch_id=request.batch_id,
-                        register_version=view.version,
-                        count=count,
-                        opted_out=bits,
-                    )
+        pinned = Served(view.version, view.record.count)
+
+        def answer(
+            request: ndop_pb2.HashedCheckRequest, session: CheckSession
+        ) -> ndop_pb2.HashedCheckResponse | None:
+            if not request.digests:
+                return None
+            count = self._hashed.count(request.batch_id, request.digests)
+            bits, hits = self._hashed.answer(view, request.digests)
+            session.charge(count, request.digests)
+            session.opted_out += hits
+            return ndop_pb2.HashedCheckResponse(
+                batch=ndop_pb2.MembershipBatch(
+                    batch_id=request.batch_id,
+                    register_version=view.version,
+                    count=count,
+                    opted_out=bits,
                 )
-        except BatchRejected as exc:
-            log.info("check.rejected", mode="hashed", request_id=request_id, reason=str(exc))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        log.info(
-            "check.completed",
-            mode="hashed",
-            request_id=request_id,
-            register_version=view.version,
-            items=checked,
-            opted_out=opted_out,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        yield ndop_pb2.HashedCheckResponse(
-            summary=ndop_pb2.CheckSummary(
-                request_id=request_id,
-                register_version=view.version,
-                register_count=view.record.count,
-                items_checked=checked,
-                items_opted_out=opted_out,
             )
+
+        return self._run_check(
+            context,
+            "hashed",
+            request_iterator,
+            answer,
+            lambda session: pinned,
+            lambda summary: ndop_pb2.HashedCheckResponse(summary=summary),
         )
 
     def GetFilter(
         self, request: ndop_pb2.GetFilterRequest, context: grpc.ServicerContext
     ) -> Iterator[ndop_pb2.FilterChunk]:
+        self._organisation(context)
         view = self._view(context) if request.version == 0 else self._holder.view(request.version)
         if view is None:
-            context.abort(
+            _abort(
+                context,
                 grpc.StatusCode.NOT_FOUND,
                 f"register version {request.version} is no longer served; ask for the current one",
             )
@@ -160,47 +245,43 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         request_iterator: Iterator[ndop_pb2.EvaluateRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[ndop_pb2.EvaluateResponse]:
-        view = self._view(context)
-        started = time.monotonic()
-        request_id = ""
-        evaluated = 0
-        submitted = hashlib.sha256()
-        try:
-            for position, request in enumerate(request_iterator):
-                if position == 0:
-                    request_id = request.context.request_id or str(uuid.uuid4())
-                if not request.blinded_elements:
-                    continue
-                count, elements = self._evaluator.answer(request.batch_id, request.blinded_elements)
-                submitted.update(request.blinded_elements)
-                evaluated += count
-                current = self._holder.current or view
-                yield ndop_pb2.EvaluateResponse(
-                    batch=ndop_pb2.EvaluatedBatch(
-                        batch_id=request.batch_id,
-                        register_version=current.version,
-                        key_id=self._keys.oprf_key_id,
-                        count=count,
-                        evaluated_elements=elements,
-                    )
+        self._view(context)
+        claimed: list[int] = []
+
+        def answer(
+            request: ndop_pb2.EvaluateRequest, session: CheckSession
+        ) -> ndop_pb2.EvaluateResponse | None:
+            if not claimed:
+                claimed.append(request.context.register_version)
+            if not request.blinded_elements:
+                return None
+            count = self._evaluator.count(request.batch_id, request.blinded_elements)
+            elements = self._evaluator.answer(request.batch_id, request.blinded_elements)
+            session.charge(count, request.blinded_elements)
+            current = self._holder.current
+            return ndop_pb2.EvaluateResponse(
+                batch=ndop_pb2.EvaluatedBatch(
+                    batch_id=request.batch_id,
+                    register_version=current.version if current else 0,
+                    key_id=self._keys.oprf_key_id,
+                    count=count,
+                    evaluated_elements=elements,
                 )
-        except BatchRejected as exc:
-            log.info("check.rejected", mode="private", request_id=request_id, reason=str(exc))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        current = self._holder.current or view
-        log.info(
-            "check.completed",
-            mode="private",
-            request_id=request_id,
-            register_version=current.version,
-            items=evaluated,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        yield ndop_pb2.EvaluateResponse(
-            summary=ndop_pb2.CheckSummary(
-                request_id=request_id,
-                register_version=current.version,
-                register_count=current.record.count,
-                items_checked=evaluated,
             )
+
+        def served(session: CheckSession) -> Served:
+            view = (self._holder.view(claimed[0]) if claimed and claimed[0] else None) or (
+                self._holder.current
+            )
+            if view is None:
+                return Served(0, 0)
+            return Served(view.version, view.record.count)
+
+        return self._run_check(
+            context,
+            "private",
+            request_iterator,
+            answer,
+            served,
+            lambda summary: ndop_pb2.EvaluateResponse(summary=summary),
         )

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ndop_client import report
+from ndop_client import receipts, report
 from ndop_client.client import MODES, Client
 from ndop_client.errors import UsageError
 from ndop_client.progress import for_stream
+from ndop_client.purposes import PURPOSES
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +39,9 @@ def add_check_command(commands: Any) -> None:
     parser.add_argument("--column", metavar="NAME", help="NHS number column of a .csv input")
     parser.add_argument(
         "--purpose",
-        default="research",
-        help="why the data is checked: research, planning, or an exempt legal basis",
+        required=True,
+        choices=PURPOSES,
+        help="why the data is checked, recorded in the audit log and the receipt",
     )
     parser.add_argument("--workers", type=int, help="processes for private mode (default: cores)")
     parser.set_defaults(handler=run_check)
@@ -68,8 +70,21 @@ def run_check(args: argparse.Namespace) -> int:
             progress=for_stream(sys.stderr),
         )
     result = report.build(check, args.purpose)
+    summary = check.classified.outcome.summary
+    if summary is not None and summary.HasField("receipt"):
+        receipt_path = receipt_path_for(args.report or args.out)
+        receipts.write(summary.receipt, receipt_path)
+        result["receipt"] = str(receipt_path)
     if args.report:
         report.write(result, args.report)
     for line in report.summary_lines(result):
         print(line)
+    if "receipt" in result:
+        print(f"signed receipt -> {result['receipt']}")
     return 0
+
+
+def receipt_path_for(beside: Path) -> Path:
+    """report.json -> report.receipt.json; cleared.dat -> cleared.dat.receipt.json"""
+    stem = beside.stem if beside.suffix == ".json" else beside.name
+    return beside.with_name(f"{stem}.receipt.json")

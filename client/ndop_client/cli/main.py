@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from ndop_client.cli.check_command import add_check_command
+from ndop_client.cli.receipt_command import add_receipt_command
 from ndop_client.errors import NdopError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ndop", description="National data opt-out matching service.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_check_command(commands)
+    add_receipt_command(commands)
     for plugin in entry_points(group="ndop.commands"):
         plugin.load()(commands)
     return parser

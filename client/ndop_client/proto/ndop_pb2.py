@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12ndop/v1/ndop.proto\x12\x07ndop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16GetRegisterInfoRequest\"b\n\x0fRegisterVersion\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"I\n\x14HashedModeParameters\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64igest_size\x18\x03 \x01(\r\"\xb3\x01\n\x15PrivateModeParameters\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65lement_size\x18\x03 \x01(\r\x12\x15\n\rfilter_scheme\x18\x04 \x01(\t\x12\x13\n\x0b\x66ilter_size\x18\x05 \x01(\x04\x12\x15\n\rfilter_sha256\x18\x06 \x01(\x0c\x12\"\n\x1a\x66ilter_false_positive_rate\x18\x07 \x01(\x01\"\xcc\x01\n\x0cRegisterInfo\x12\x13\n\x0bregister_id\x18\x01 \x01(\t\x12)\n\x07version\x18\x02 \x01(\x0b\x32\x18.ndop.v1.RegisterVersion\x12-\n\x06hashed\x18\x03 \x01(\x0b\x32\x1d.ndop.v1.HashedModeParameters\x12\x34\n\x0cprivate_mode\x18\x04 \x01(\x0b\x32\x1e.ndop.v1.PrivateModeParameters\x12\x17\n\x0fmax_batch_items\x18\x05 \x01(\r\"3\n\x0c\x43heckContext\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"_\n\x12HashedCheckRequest\x12&\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x15.ndop.v1.CheckContext\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x03 \x01(\x0c\"_\n\x0fMembershipBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x11\n\topted_out\x18\x04 \x01(\x0c\"r\n\x13HashedCheckResponse\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x18.ndop.v1.MembershipBatchH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.ndop.v1.CheckSummaryH\x00\x42\x06\n\x04kind\"#\n\x10GetFilterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"R\n\x0b\x46ilterChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.ndop.v1.FilterHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x99\x01\n\x0c\x46ilterHeader\x12\x18\n\x10register_version\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rfilter_scheme\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\x12\x1b\n\x13\x66\x61lse_positive_rate\x18\x07 \x01(\x01\"e\n\x0f\x45valuateRequest\x12&\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x15.ndop.v1.CheckContext\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x18\n\x10\x62linded_elements\x18\x03 \x01(\x0c\"w\n\x0e\x45valuatedBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x05 \x01(\x0c\"n\n\x10\x45valuateResponse\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.ndop.v1.EvaluatedBatchH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.ndop.v1.CheckSummaryH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x0c\x43heckSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\x15\n\ritems_checked\x18\x03 \x01(\x04\x12\x17\n\x0fitems_opted_out\x18\x04 \x01(\x04\x12!\n\x07receipt\x18\x05 \x01(\x0b\x32\x10.ndop.v1.Receipt\x12\x16\n\x0eregister_count\x18\x06 \x01(\x04\"B\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t\"\x8d\x02\n\x0bReceiptBody\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x14\n\x0corganisation\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x13\n\x0bregister_id\x18\x07 \x01(\t\x12\x18\n\x10register_version\x18\x08 \x01(\x04\x12\x16\n\x0eregister_count\x18\t \x01(\x04\x12\x15\n\ritems_checked\x18\n \x01(\x04\x12\x18\n\x10submitted_sha256\x18\x0b \x01(\x0c\x32\xae\x02\n\x0eOptOutRegister\x12I\n\x0fGetRegisterInfo\x12\x1f.ndop.v1.GetRegisterInfoRequest\x1a\x15.ndop.v1.RegisterInfo\x12L\n\x0b\x43heckHashed\x12\x1b.ndop.v1.HashedCheckRequest\x1a\x1c.ndop.v1.HashedCheckResponse(\x01\x30\x01\x12>\n\tGetFilter\x12\x19.ndop.v1.GetFilterRequest\x1a\x14.ndop.v1.FilterChunk0\x01\x12\x43\n\x08\x45valuate\x12\x18.ndop.v1.EvaluateRequest\x1a\x19.ndop.v1.EvaluateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12ndop/v1/ndop.proto\x12\x07ndop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16GetRegisterInfoRequest\"b\n\x0fRegisterVersion\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x30\n\x0cpublished_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"I\n\x14HashedModeParameters\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64igest_size\x18\x03 \x01(\r\"\xb3\x01\n\x15PrivateModeParameters\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65lement_size\x18\x03 \x01(\r\x12\x15\n\rfilter_scheme\x18\x04 \x01(\t\x12\x13\n\x0b\x66ilter_size\x18\x05 \x01(\x04\x12\x15\n\rfilter_sha256\x18\x06 \x01(\x0c\x12\"\n\x1a\x66ilter_false_positive_rate\x18\x07 \x01(\x01\"\xcc\x01\n\x0cRegisterInfo\x12\x13\n\x0bregister_id\x18\x01 \x01(\t\x12)\n\x07version\x18\x02 \x01(\x0b\x32\x18.ndop.v1.RegisterVersion\x12-\n\x06hashed\x18\x03 \x01(\x0b\x32\x1d.ndop.v1.HashedModeParameters\x12\x34\n\x0cprivate_mode\x18\x04 \x01(\x0b\x32\x1e.ndop.v1.PrivateModeParameters\x12\x17\n\x0fmax_batch_items\x18\x05 \x01(\r\"e\n\x0c\x43heckContext\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65xpected_items\x18\x03 \x01(\x04\x12\x18\n\x10register_version\x18\x04 \x01(\x04\"_\n\x12HashedCheckRequest\x12&\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x15.ndop.v1.CheckContext\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x03 \x01(\x0c\"_\n\x0fMembershipBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x11\n\topted_out\x18\x04 \x01(\x0c\"r\n\x13HashedCheckResponse\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x18.ndop.v1.MembershipBatchH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.ndop.v1.CheckSummaryH\x00\x42\x06\n\x04kind\"#\n\x10GetFilterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"R\n\x0b\x46ilterChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.ndop.v1.FilterHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x99\x01\n\x0c\x46ilterHeader\x12\x18\n\x10register_version\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rfilter_scheme\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\x12\x1b\n\x13\x66\x61lse_positive_rate\x18\x07 \x01(\x01\"e\n\x0f\x45valuateRequest\x12&\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x15.ndop.v1.CheckContext\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x18\n\x10\x62linded_elements\x18\x03 \x01(\x0c\"w\n\x0e\x45valuatedBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x1a\n\x12\x65valuated_elements\x18\x05 \x01(\x0c\"n\n\x10\x45valuateResponse\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.ndop.v1.EvaluatedBatchH\x00\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x15.ndop.v1.CheckSummaryH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x0c\x43heckSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10register_version\x18\x02 \x01(\x04\x12\x15\n\ritems_checked\x18\x03 \x01(\x04\x12\x17\n\x0fitems_opted_out\x18\x04 \x01(\x04\x12!\n\x07receipt\x18\x05 \x01(\x0b\x32\x10.ndop.v1.Receipt\x12\x16\n\x0eregister_count\x18\x06 \x01(\x04\"B\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t\"\x8d\x02\n\x0bReceiptBody\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x14\n\x0corganisation\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x13\n\x0bregister_id\x18\x07 \x01(\t\x12\x18\n\x10register_version\x18\x08 \x01(\x04\x12\x16\n\x0eregister_count\x18\t \x01(\x04\x12\x15\n\ritems_checked\x18\n \x01(\x04\x12\x18\n\x10submitted_sha256\x18\x0b \x01(\x0c\x32\xae\x02\n\x0eOptOutRegister\x12I\n\x0fGetRegisterInfo\x12\x1f.ndop.v1.GetRegisterInfoRequest\x1a\x15.ndop.v1.RegisterInfo\x12L\n\x0b\x43heckHashed\x12\x1b.ndop.v1.HashedCheckRequest\x1a\x1c.ndop.v1.HashedCheckResponse(\x01\x30\x01\x12>\n\tGetFilter\x12\x19.ndop.v1.GetFilterRequest\x1a\x14.ndop.v1.FilterChunk0\x01\x12\x43\n\x08\x45valuate\x12\x18.ndop.v1.EvaluateRequest\x1a\x19.ndop.v1.EvaluateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,31 +43,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERINFO']._serialized_start=448
   _globals['_REGISTERINFO']._serialized_end=652
   _globals['_CHECKCONTEXT']._serialized_start=654
-  _globals['_CHECKCONTEXT']._serialized_end=705
-  _globals['_HASHEDCHECKREQUEST']._serialized_start=707
-  _globals['_HASHEDCHECKREQUEST']._serialized_end=802
-  _globals['_MEMBERSHIPBATCH']._serialized_start=804
-  _globals['_MEMBERSHIPBATCH']._serialized_end=899
-  _globals['_HASHEDCHECKRESPONSE']._serialized_start=901
-  _globals['_HASHEDCHECKRESPONSE']._serialized_end=1015
-  _globals['_GETFILTERREQUEST']._serialized_start=1017
-  _globals['_GETFILTERREQUEST']._serialized_end=1052
-  _globals['_FILTERCHUNK']._serialized_start=1054
-  _globals['_FILTERCHUNK']._serialized_end=1136
-  _globals['_FILTERHEADER']._serialized_start=1139
-  _globals['_FILTERHEADER']._serialized_end=1292
-  _globals['_EVALUATEREQUEST']._serialized_start=1294
-  _globals['_EVALUATEREQUEST']._serialized_end=1395
-  _globals['_EVALUATEDBATCH']._serialized_start=1397
-  _globals['_EVALUATEDBATCH']._serialized_end=1516
-  _globals['_EVALUATERESPONSE']._serialized_start=1518
-  _globals['_EVALUATERESPONSE']._serialized_end=1628
-  _globals['_CHECKSUMMARY']._serialized_start=1631
-  _globals['_CHECKSUMMARY']._serialized_end=1798
-  _globals['_RECEIPT']._serialized_start=1800
-  _globals['_RECEIPT']._serialized_end=1866
-  _globals['_RECEIPTBODY']._serialized_start=1869
-  _globals['_RECEIPTBODY']._serialized_end=2138
-  _globals['_OPTOUTREGISTER']._serialized_start=2141
-  _globals['_OPTOUTREGISTER']._serialized_end=2443
+  _globals['_CHECKCONTEXT']._serialized_end=755
+  _globals['_HASHEDCHECKREQUEST']._serialized_start=757
+  _globals['_HASHEDCHECKREQUEST']._serialized_end=852
+  _globals['_MEMBERSHIPBATCH']._serialized_start=854
+  _globals['_MEMBERSHIPBATCH']._serialized_end=949
+  _globals['_HASHEDCHECKRESPONSE']._serialized_start=951
+  _globals['_HASHEDCHECKRESPONSE']._serialized_end=1065
+  _globals['_GETFILTERREQUEST']._serialized_start=1067
+  _globals['_GETFILTERREQUEST']._serialized_end=1102
+  _globals['_FILTERCHUNK']._serialized_start=1104
+  _globals['_FILTERCHUNK']._serialized_end=1186
+  _globals['_FILTERHEADER']._serialized_start=1189
+  _globals['_FILTERHEADER']._serialized_end=1342
+  _globals['_EVALUATEREQUEST']._serialized_start=1344
+  _globals['_EVALUATEREQUEST']._serialized_end=1445
+  _globals['_EVALUATEDBATCH']._serialized_start=1447
+  _globals['_EVALUATEDBATCH']._serialized_end=1566
+  _globals['_EVALUATERESPONSE']._serialized_start=1568
+  _globals['_EVALUATERESPONSE']._serialized_end=1678
+  _globals['_CHECKSUMMARY']._serialized_start=1681
+  _globals['_CHECKSUMMARY']._serialized_end=1848
+  _globals['_RECEIPT']._serialized_start=1850
+  _globals['_RECEIPT']._serialized_end=1916
+  _globals['_RECEIPTBODY']._serialized_start=1919
+  _globals['_RECEIPTBODY']._serialized_end=2188
+  _globals['_OPTOUTREGISTER']._serialized_start=2191
+  _globals['_OPTOUTREGISTER']._serialized_end=2493
 # @@protoc_insertion_point(module_scope)

@@ -65,12 +65,16 @@ class RegisterInfo(_message.Message):
     def __init__(self, register_id: _Optional[str] = ..., version: _Optional[_Union[RegisterVersion, _Mapping]] = ..., hashed: _Optional[_Union[HashedModeParameters, _Mapping]] = ..., private_mode: _Optional[_Union[PrivateModeParameters, _Mapping]] = ..., max_batch_items: _Optional[int] = ...) -> None: ...
 
 class CheckContext(_message.Message):
-    __slots__ = ("purpose", "request_id")
+    __slots__ = ("purpose", "request_id", "expected_items", "register_version")
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     purpose: str
     request_id: str
-    def __init__(self, purpose: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    expected_items: int
+    register_version: int
+    def __init__(self, purpose: _Optional[str] = ..., request_id: _Optional[str] = ..., expected_items: _Optional[int] = ..., register_version: _Optional[int] = ...) -> None: ...
 
 class HashedCheckRequest(_message.Message):
     __slots__ = ("context", "batch_id", "digests")
