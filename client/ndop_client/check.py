@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ndop_client.cohort import ClearedWriter, CohortFile
+from ndop_client.cohort import Chunk, ClearedWriter, CohortFile
 from ndop_client.matching import MatchOutcome
 from ndop_client.nhs_number import INVALID, InvalidReason, parse_values
 
@@ -28,7 +28,6 @@ class Status(StrEnum):
     CLEARED = "cleared"
     OPTED_OUT = "opted_out"
     INVALID = "invalid"
-    BLANK = "blank"
 
 
 @dataclass(frozen=True)
@@ -108,18 +107,12 @@ class CheckResult:
 
 def check_sequence(numbers: Sequence[str], matcher: Matcher, mode: str) -> CheckResult:
     values, reasons = parse_values(numbers)
-    blank = _blank_mask(len(values), reasons)
+    blank = np.zeros(len(values), dtype=bool)
     result = classify(values, blank, matcher)
-    result.tally.invalid = invalid_rows(reasons, range(len(values)))
+    result.tally.invalid = invalid_rows(reasons, range(len(values)), blank)
     statuses = [
-        Status.BLANK
-        if b
-        else Status.INVALID
-        if v == INVALID
-        else Status.OPTED_OUT
-        if o
-        else Status.CLEARED
-        for v, b, o in zip(values.tolist(), blank.tolist(), result.opted_out.tolist(), strict=True)
+        Status.INVALID if v == INVALID else Status.OPTED_OUT if o else Status.CLEARED
+        for v, o in zip(values.tolist(), result.opted_out.tolist(), strict=True)
     ]
     cleared = [n for n, s in zip(numbers, statuses, strict=True) if s is Status.CLEARED]
     return CheckResult(
@@ -151,10 +144,10 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
     blank_chunks: list[np.ndarray] = []
     invalid: list[InvalidRow] = []
     for chunk in cohort.chunks():
-        values, reasons = parse_values(chunk.texts)
+        values, blank, chunk_invalid = parse_chunk(chunk)
         value_chunks.append(values)
-        blank_chunks.append(_blank_mask(len(values), reasons))
-        invalid.extend(invalid_rows(reasons, chunk.line_numbers))
+        blank_chunks.append(blank)
+        invalid.extend(chunk_invalid)
     values = np.concatenate(value_chunks) if value_chunks else np.empty(0, dtype=np.int64)
     blank = np.concatenate(blank_chunks) if blank_chunks else np.empty(0, dtype=bool)
     validated = time.perf_counter()
@@ -187,19 +180,23 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
     return FileCheck(mode, cohort, out, classified, timings)
 
 
-def _blank_mask(length: int, reasons: dict[int, InvalidReason]) -> np.ndarray:
-    blank = np.zeros(length, dtype=bool)
-    positions = [p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]
-    blank[positions] = True
-    return blank
+def parse_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, list[InvalidRow]]:
+    """(values, blank-row mask, invalid rows) of one chunk of a cohort file."""
+    values, reasons = parse_values(chunk.texts)
+    if chunk.blank is None:
+        blank = np.zeros(len(values), dtype=bool)
+        blank[[p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]] = True
+    else:
+        blank = np.asarray(chunk.blank, dtype=bool)
+    return values, blank, invalid_rows(reasons, chunk.line_numbers, blank)
 
 
 def invalid_rows(
-    reasons: dict[int, InvalidReason], line_numbers: Sequence[int]
+    reasons: dict[int, InvalidReason], line_numbers: Sequence[int], blank: np.ndarray
 ) -> list[InvalidRow]:
     """The rows `parse_values` found invalid, by line; blank rows are not invalid."""
     return [
         InvalidRow(line_numbers[position], str(reason))
         for position, reason in sorted(reasons.items())
-        if reason is not InvalidReason.EMPTY
+        if not blank[position]
     ]

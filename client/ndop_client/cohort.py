@@ -56,6 +56,8 @@ class Chunk:
     line_numbers: Sequence[int]
     records: list[str] | list[list[str]]
     """What is written back for a cleared row: the line (.dat, text) or the fields (.csv)."""
+    blank: list[bool] | None = None
+    """Rows with nothing in them at all; None where an empty text means a blank line."""
 
 
 class CohortFile:
@@ -140,7 +142,8 @@ class CohortFile:
             if not rows:
                 return
             texts = [row[column] if len(row) > column else "" for row in rows]
-            yield Chunk(texts, line_numbers, rows)
+            blank = [not any(field.strip() for field in row) for row in rows]
+            yield Chunk(texts, line_numbers, rows, blank)
 
 
 class ClearedWriter:

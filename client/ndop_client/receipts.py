@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from ndop_client.errors import ReceiptInvalid, UsageError
+from ndop_client.files import write_json_atomically
 from ndop_client.proto import ndop_pb2
 
 FORMAT: Final = "ndop-receipt/1"
@@ -56,9 +56,7 @@ def to_json(receipt: ndop_pb2.Receipt) -> dict[str, Any]:
 
 
 def write(receipt: ndop_pb2.Receipt, path: Path) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(to_json(receipt), indent=2) + "\n")
-    os.replace(temp, path)
+    write_json_atomically(to_json(receipt), path, "receipt")
 
 
 def read_public_key(text_or_path: str) -> bytes:

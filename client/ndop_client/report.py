@@ -5,12 +5,11 @@ It holds line numbers and reasons, never an NHS number.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ndop_client.check import FileCheck
+from ndop_client.files import write_json_atomically
 
 
 def build(check: FileCheck, purpose: str) -> dict[str, Any]:
@@ -49,9 +48,7 @@ def build(check: FileCheck, purpose: str) -> dict[str, Any]:
 
 
 def write(report: dict[str, Any], path: Path) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temp, path)
+    write_json_atomically(report, path, "report")
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -27,11 +27,11 @@ import numpy as np
 import structlog
 
 from ndop_client import bloom
-from ndop_client.check import InvalidRow, invalid_rows
+from ndop_client.check import InvalidRow, parse_chunk
 from ndop_client.cohort import CohortFile
 from ndop_client.crypto import oprf
 from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import INVALID, canonical_bytes, parse_values
+from ndop_client.nhs_number import INVALID, canonical_bytes
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.store import Store, VersionRecord
@@ -67,9 +67,9 @@ def read_numbers(path: Path) -> NumberFile:
     chunks: list[np.ndarray] = []
     invalid: list[InvalidRow] = []
     for chunk in cohort.chunks():
-        values, reasons = parse_values(chunk.texts)
+        values, _, chunk_invalid = parse_chunk(chunk)
         chunks.append(values[values != INVALID])
-        invalid.extend(invalid_rows(reasons, chunk.line_numbers))
+        invalid.extend(chunk_invalid)
     every = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     unique = np.unique(every)
     return NumberFile(unique, invalid, len(every) - len(unique))

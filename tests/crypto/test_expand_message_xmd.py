@@ -6,8 +6,8 @@ import hashlib
 from typing import Any
 
 import pytest
-from ndop_client.crypto.xmd import expand_message_xmd, expander
 
+from ndop_client.crypto.xmd import expand_message_xmd, expander
 from tests.vectors import load_json
 
 FILES = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ndop_client.crypto import oprf
 
+from ndop_client.crypto import oprf
 from tests.vectors import load_json
 
 VECTOR_FILE = "oprf/ristretto255-SHA512.json"

@@ -50,6 +50,9 @@ def add_check_command(commands: Any) -> None:
 def run_check(args: argparse.Namespace) -> int:
     if args.out.resolve() == args.input.resolve():
         raise UsageError("--out must not be the input file")
+    for option, path in (("--out", args.out), ("--report", args.report)):
+        if path is not None:
+            _require_writable_directory(option, path)
     token = args.token or os.environ.get("NDOP_TOKEN")
     with Client(
         args.server,
@@ -82,6 +85,15 @@ def run_check(args: argparse.Namespace) -> int:
     if "receipt" in result:
         print(f"signed receipt -> {result['receipt']}")
     return 0
+
+
+def _require_writable_directory(option: str, path: Path) -> None:
+    """Refuse before any work when an output cannot be written, rather than after."""
+    directory = path.parent
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise UsageError(
+            f"{option} {path}: directory {directory} does not exist or is not writable"
+        )
 
 
 def receipt_path_for(beside: Path) -> Path:
