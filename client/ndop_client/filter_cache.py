@@ -1,5 +1,8 @@
 """Download a register version's filter once, check its digest, and keep it on disk.
 
+`cached_filter` answers from disk alone when RegisterInfo describes a filter already held;
+`fetch_filter` downloads it otherwise.
+
 Files live under CACHE_DIR/REGISTER_ID/ named by version and digest, so a cached filter is
 reused only for exactly the filter the server describes.
 """
@@ -17,6 +20,7 @@ import grpc
 
 from ndop_client.errors import IntegrityError, RequestRejected
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_client.register_info import RegisterInfo
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,20 @@ class CachedFilter:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ndop" / "filters"
+
+
+def _path(cache_dir: Path, register_id: str, version: int, sha256: bytes) -> Path:
+    return cache_dir / register_id / f"v{version}-{sha256.hex()[:32]}.bloom"
+
+
+def cached_filter(cache_dir: Path, info: RegisterInfo) -> CachedFilter | None:
+    """The filter `info` describes if the cache already holds it intact; no server call."""
+    path = _path(cache_dir, info.register_id, info.version, info.filter_sha256)
+    if not path.exists() or _sha256_file(path) != info.filter_sha256:
+        return None
+    return CachedFilter(
+        path, info.version, info.count, info.oprf_key_id, info.filter_false_positive_rate
+    )
 
 
 def fetch_filter(
@@ -50,8 +68,8 @@ def fetch_filter(
     if not first.HasField("header") or header.register_version != version:
         chunks.cancel()
         raise RequestRejected("the server sent a filter for another register version")
-    directory = cache_dir / register_id
-    path = directory / f"v{version}-{header.sha256.hex()[:32]}.bloom"
+    path = _path(cache_dir, register_id, version, header.sha256)
+    directory = path.parent
     described = CachedFilter(
         path, header.register_version, header.count, header.key_id, header.false_positive_rate
     )

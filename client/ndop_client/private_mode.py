@@ -17,7 +17,7 @@ import numpy as np
 from ndop_client import private_workers
 from ndop_client.crypto import oprf
 from ndop_client.errors import IntegrityError, RequestRejected
-from ndop_client.filter_cache import fetch_filter
+from ndop_client.filter_cache import cached_filter, fetch_filter
 from ndop_client.matching import DEFAULT_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
 from ndop_client.nhs_number import canonical_bytes
 from ndop_client.progress import Progress
@@ -36,7 +36,9 @@ def match_private(
     workers: int,
     cache_dir: Path,
 ) -> MatchOutcome:
-    cached = fetch_filter(stub, cache_dir, info.register_id, info.version, metadata)
+    cached = cached_filter(cache_dir, info) or fetch_filter(
+        stub, cache_dir, info.register_id, info.version, metadata
+    )
     context.register_version = cached.register_version
     batch_items = min(DEFAULT_BATCH_ITEMS // 4, info.max_batch_items or DEFAULT_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)

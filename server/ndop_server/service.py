@@ -94,6 +94,8 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 response = answer(request, session)
                 if response is not None:
                     yield response
+            if not session.purpose:
+                raise CheckRefused("a check must open with its context: purpose and request id")
             done = served(session)
             receipt = session.complete(done)
             outcome = "completed"
