@@ -3,7 +3,8 @@
 Tokens are random (256 bits) and stored only as SHA-256 hashes; a presented token is found by
 its hash and compared in constant time. Usage is counted per organisation, mode and UTC day;
 a charge that would cross the quota is refused whole. The audit log is append-only: triggers
-refuse UPDATE and DELETE. Nothing here ever holds an identifier, digest or element.
+refuse UPDATE, DELETE and INSERT OR REPLACE over an existing row. Nothing here ever holds
+an identifier, digest or element.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_replace BEFORE INSERT ON audit
+WHEN EXISTS (SELECT 1 FROM audit WHERE id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
