@@ -5,6 +5,12 @@ with ndop_client.Client("localhost:50051", ca_file="ca.pem", purpose="research")
     result = client.check(["999 000 0018", "9990000026"])
 """
 
+import os
+
+# gRPC's C core logs informational lines (a failed TLS handshake, say) to stderr on its own;
+# errors here are reported as one sentence instead. Read when gRPC loads, so set before it.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from ndop_client.check import CheckResult, InvalidRow, Status
 from ndop_client.client import Client
 from ndop_client.errors import (

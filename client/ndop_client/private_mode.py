@@ -62,7 +62,7 @@ def match_private(
                 batch_blinds, blinded = pending.popleft().result()
                 blinds[batch_id] = batch_blinds
                 yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
-        except BaseException as exc:
+        except Exception as exc:
             request_error.append(exc)
             raise
 

@@ -96,18 +96,28 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                     yield response
             if not session.purpose:
                 raise CheckRefused("a check must open with its context: purpose and request id")
+            if not context.is_active():
+                return
             done = served(session)
-            receipt = session.complete(done)
+            yield summary(
+                ndop_pb2.CheckSummary(
+                    request_id=session.request_id,
+                    register_version=done.version,
+                    register_count=done.count,
+                    items_checked=session.items,
+                    items_opted_out=session.opted_out,
+                    receipt=session.receipt(done),
+                )
+            )
+            # Only reached once gRPC has taken the summary; a client that hung up before it
+            # closes this generator at the yield above and the check is audited as cancelled.
             outcome = "completed"
         except (BatchRejected, CheckRefused) as exc:
-            outcome = "invalid-argument"
             self._refuse(context, session, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except QuotaExhausted as exc:
-            outcome = "quota-exceeded"
             self._refuse(context, session, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         finally:
-            if outcome == "cancelled":
-                session.fail(served(session), outcome)
+            session.end(served(session), outcome)
         log.info(
             "check.completed",
             organisation=organisation.name,
@@ -117,16 +127,6 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             register_version=done.version,
             items=session.items,
             opted_out=session.opted_out if mode == "hashed" else None,
-        )
-        yield summary(
-            ndop_pb2.CheckSummary(
-                request_id=session.request_id,
-                register_version=done.version,
-                register_count=done.count,
-                items_checked=session.items,
-                items_opted_out=session.opted_out,
-                receipt=receipt,
-            )
         )
 
     def _refuse(
@@ -138,7 +138,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
     ) -> NoReturn:
         current = self._holder.current
         served = Served(current.version, current.record.count) if current else Served(0, 0)
-        session.fail(served, code.name.lower().replace("_", "-"))
+        session.end(served, code.name.lower().replace("_", "-"))
         log.info(
             "check.refused",
             organisation=session.organisation.name,

@@ -82,8 +82,8 @@ class CheckSession:
         self._submitted.update(payload)
         self.items += items
 
-    def complete(self, served: Served) -> ndop_pb2.Receipt:
-        self._audit(served.version, "completed")
+    def receipt(self, served: Served) -> ndop_pb2.Receipt:
+        """The signed statement of what this check did, answered from `served`."""
         issued = Timestamp()
         issued.FromDatetime(datetime.now(UTC))
         return self._signer.sign(
@@ -102,11 +102,10 @@ class CheckSession:
             )
         )
 
-    def fail(self, served: Served, outcome: str) -> None:
-        if not self._ended:
-            self._audit(served.version, outcome)
-
-    def _audit(self, version: int, outcome: str) -> None:
+    def end(self, served: Served, outcome: str) -> None:
+        """Write the audit record, once, however the check ended."""
+        if self._ended:
+            return
         self._ended = True
         self._accounts.record(
             AuditRecord(
@@ -117,7 +116,7 @@ class CheckSession:
                 purpose=self.purpose or "-",
                 items_checked=self.items,
                 items_opted_out=self.opted_out if self.mode == "hashed" else None,
-                register_version=version,
+                register_version=served.version,
                 outcome=outcome,
             )
         )
