@@ -41,17 +41,23 @@ def write_numbers(path: Path, values: np.ndarray | list[int], suffix: str = ",")
     return path
 
 
-@pytest.fixture
-def register(tmp_path: Path) -> Register:
-    numbers = valid_numbers(3000, "999", seed=11)
-    opted_out, not_opted_out = numbers[:1000], numbers[1000:]
-    keys_path = tmp_path / "keys.json"
-    store_path = tmp_path / "register.sqlite3"
+def make_register(
+    directory: Path, total: int = 3000, opted_out: int = 1000, seed: int = 11
+) -> Register:
+    """Keys and a store in `directory` with one published snapshot of synthetic numbers."""
+    numbers = valid_numbers(total, "999", seed=seed)
+    keys_path = directory / "keys.json"
+    store_path = directory / "register.sqlite3"
     keys = keyfile.write_new(keys_path)
-    snapshot = write_numbers(tmp_path / "snapshot.dat", opted_out)
+    snapshot = write_numbers(directory / "snapshot.dat", numbers[:opted_out])
     with Store(store_path, create=True) as store:
         Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, opted_out, not_opted_out)
+    return Register(keys_path, store_path, keys, numbers[:opted_out], numbers[opted_out:])
+
+
+@pytest.fixture
+def register(tmp_path: Path) -> Register:
+    return make_register(tmp_path)
 
 
 @pytest.fixture

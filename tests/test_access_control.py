@@ -37,14 +37,10 @@ from ndop_client.crypto import oprf
 from ndop_client.hashing import Hasher
 from ndop_client.nhs_number import canonical_bytes
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
-from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts, AuditRecord
 from ndop_server.devcerts import make_dev_certificates
-from ndop_server.register import Publisher
 from ndop_server.server import ServerTls, start_server
-from ndop_server.store import Store
-from ndop_server.synthetic import valid_numbers
-from tests.conftest import Register, write_numbers
+from tests.conftest import Register, make_register, write_numbers
 
 NDOP = [sys.executable, "-m", "ndop_client.cli.main"]
 TIMEOUT = 20.0
@@ -185,15 +181,7 @@ def _drain(call: Any) -> tuple[list[Any], grpc.Call | None]:
 @pytest.fixture(scope="module")
 def register(tmp_path_factory: pytest.TempPathFactory) -> Register:
     directory = tmp_path_factory.mktemp("access")
-    numbers = valid_numbers(3000, "999", seed=41)
-    opted_out, not_opted_out = numbers[:1000], numbers[1000:]
-    keys_path = directory / "keys.json"
-    store_path = directory / "register.sqlite3"
-    keys = keyfile.write_new(keys_path)
-    snapshot = write_numbers(directory / "snapshot.dat", opted_out)
-    with Store(store_path, create=True) as store:
-        Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, opted_out, not_opted_out)
+    return make_register(directory, total=3000, opted_out=1000, seed=41)
 
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,9 @@ from ndop_client.proto import ndop_pb2
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
 from ndop_server.receipts import ReceiptSigner
-from ndop_server.register import Publisher
 from ndop_server.server import start_server
-from ndop_server.store import Store
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers
-from tests.conftest import Register, write_numbers
+from tests.conftest import Register, make_register, write_numbers
 
 NDOP = [sys.executable, "-m", "ndop_client.cli.main"]
 TIMEOUT = 30.0
@@ -52,15 +50,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def register(root: Path) -> Register:
-    numbers = valid_numbers(3000, "999", seed=5150)
-    opted_out, not_opted_out = numbers[:1000], numbers[1000:]
-    keys_path = root / "keys.json"
-    store_path = root / "register.sqlite3"
-    keys = keyfile.write_new(keys_path)
-    snapshot = write_numbers(root / "snapshot.dat", opted_out)
-    with Store(store_path, create=True) as store:
-        Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, opted_out, not_opted_out)
+    return make_register(root, total=3000, opted_out=1000, seed=5150)
 
 
 @pytest.fixture(scope="module")

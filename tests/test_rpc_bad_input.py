@@ -23,14 +23,10 @@ from ndop_client.crypto import oprf
 from ndop_client.hashing import DIGEST_SIZE, Hasher
 from ndop_client.nhs_number import canonical_bytes
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
-from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
 from ndop_server.matching import MAX_BATCH_ITEMS
-from ndop_server.register import Publisher
 from ndop_server.server import MAX_MESSAGE_BYTES, start_server
-from ndop_server.store import Store
-from ndop_server.synthetic import valid_numbers
-from tests.conftest import Register, write_numbers
+from tests.conftest import Register, make_register
 
 SERVICE = "ndop.v1.OptOutRegister"
 CONTEXT = ndop_pb2.CheckContext(purpose="research", request_id="bad-input-test")
@@ -43,15 +39,7 @@ FIELD_PRIME = (2**255 - 19).to_bytes(32, "little")
 def register(tmp_path_factory: pytest.TempPathFactory) -> Register:
     """One register for the whole module: nothing here changes it."""
     directory = tmp_path_factory.mktemp("bad-input")
-    numbers = valid_numbers(3000, "999", seed=11)
-    opted_out, not_opted_out = numbers[:1000], numbers[1000:]
-    keys_path = directory / "keys.json"
-    store_path = directory / "register.sqlite3"
-    keys = keyfile.write_new(keys_path)
-    snapshot = write_numbers(directory / "snapshot.dat", opted_out)
-    with Store(store_path, create=True) as store:
-        Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, opted_out, not_opted_out)
+    return make_register(directory, total=3000, opted_out=1000, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,9 @@ from ndop_client import (
     ServerUnavailable,
     ServiceError,
 )
-from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
-from ndop_server.register import Publisher
 from ndop_server.server import RunningServer, ServerTls, start_server
-from ndop_server.store import Store
-from ndop_server.synthetic import valid_numbers
-from tests.conftest import Register, write_numbers
+from tests.conftest import Register, make_register, write_numbers
 
 NDOP = [sys.executable, "-m", "ndop_client.cli.main"]
 TIMEOUT = 20.0
@@ -125,15 +121,7 @@ def foreign_certs(root: Path) -> Certs:
 
 @pytest.fixture(scope="module")
 def register(root: Path) -> Register:
-    numbers = valid_numbers(1500, "999", seed=77)
-    opted_out, not_opted_out = numbers[:500], numbers[500:]
-    keys_path = root / "keys.json"
-    store_path = root / "register.sqlite3"
-    keys = keyfile.write_new(keys_path)
-    snapshot = write_numbers(root / "snapshot.dat", opted_out)
-    with Store(store_path, create=True) as store:
-        Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, opted_out, not_opted_out)
+    return make_register(root, total=1500, opted_out=500, seed=77)
 
 
 @pytest.fixture(scope="module")
