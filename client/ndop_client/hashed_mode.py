@@ -13,6 +13,7 @@ from ndop_client.matching import (
     MatchOutcome,
     batch_bounds,
     expect_batch,
+    require_complete,
     unpack_bits,
 )
 from ndop_client.nhs_number import canonical_bytes
@@ -65,10 +66,7 @@ def match_hashed(
         raise
     finally:
         progress.finish()
-    if answered != len(bounds):
-        raise RequestRejected("the server did not answer every batch")
-    if summary is None:
-        raise RequestRejected("the server ended the check without a summary")
+    summary = require_complete(answered, bounds, summary)
     return MatchOutcome(
         opted_out=opted_out,
         register_version=version if version is not None else summary.register_version,

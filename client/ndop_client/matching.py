@@ -38,6 +38,17 @@ def expect_batch(batch_id: int, bounds: Sequence[tuple[int, int]], count: int) -
     return start, end
 
 
+def require_complete(
+    answered: int, bounds: Sequence[tuple[int, int]], summary: ndop_pb2.CheckSummary | None
+) -> ndop_pb2.CheckSummary:
+    """The summary of a stream in which every batch was answered; RequestRejected otherwise."""
+    if answered != len(bounds):
+        raise RequestRejected("the server did not answer every batch")
+    if summary is None:
+        raise RequestRejected("the server ended the check without a summary")
+    return summary
+
+
 def unpack_bits(packed: bytes, count: int) -> np.ndarray:
     return np.unpackbits(
         np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little"

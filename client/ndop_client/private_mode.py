@@ -18,7 +18,13 @@ from ndop_client import private_workers
 from ndop_client.crypto import oprf
 from ndop_client.errors import IntegrityError, RequestRejected
 from ndop_client.filter_cache import cached_filter, fetch_filter
-from ndop_client.matching import DEFAULT_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
+from ndop_client.matching import (
+    DEFAULT_BATCH_ITEMS,
+    MatchOutcome,
+    batch_bounds,
+    expect_batch,
+    require_complete,
+)
 from ndop_client.nhs_number import canonical_bytes
 from ndop_client.progress import Progress
 from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
@@ -116,10 +122,7 @@ def match_private(
         raise
     finally:
         progress.finish()
-    if answered != len(bounds):
-        raise RequestRejected("the server did not answer every batch")
-    if summary is None:
-        raise RequestRejected("the server ended the check without a summary")
+    summary = require_complete(answered, bounds, summary)
     return MatchOutcome(
         opted_out=opted_out,
         register_version=cached.register_version,
