@@ -28,12 +28,17 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/generate_proto.py
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --no-deps 'openmined.psi>=2.0.5'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --full
 
-bench-quick: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:

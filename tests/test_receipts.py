@@ -25,7 +25,7 @@ import pytest
 from ndop_client import Client, ReceiptInvalid
 from ndop_client import receipts as receipt_file
 from ndop_client.hashing import Hasher
-from ndop_client.matching import DEFAULT_BATCH_ITEMS, batch_bounds
+from ndop_client.matching import HASHED_BATCH_ITEMS, batch_bounds
 from ndop_client.nhs_number import canonical_bytes, parse_values
 from ndop_client.proto import ndop_pb2
 from ndop_server import keys as keyfile
@@ -111,7 +111,7 @@ def submitted_sha256_hashed(register: Register, texts: list[str]) -> str:
     unique = np.unique(values[values >= 0])
     hasher = Hasher(register.keys.salt)
     total = hashlib.sha256()
-    for start, end in batch_bounds(len(unique), DEFAULT_BATCH_ITEMS):
+    for start, end in batch_bounds(len(unique), HASHED_BATCH_ITEMS):
         total.update(hasher.digest_packed(canonical_bytes(unique[start:end])))
     return total.hexdigest()
 

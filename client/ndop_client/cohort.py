@@ -168,9 +168,8 @@ class ClearedWriter:
         positions = np.flatnonzero(keep).tolist()
         newline = self._cohort.newline
         if self._cohort.format is Format.DAT:
-            digits = canonical_bytes(values[keep]).decode("ascii")
-            lines = [digits[i : i + 10] for i in range(0, len(digits), 10)]
-            self._handle.write("".join(f"{line},{newline}" for line in lines))
+            suffix = f",{newline}".encode("ascii")
+            self._handle.write(canonical_bytes(values[keep], suffix).decode("ascii"))
         elif self._cohort.format is Format.CSV:
             rows = chunk.records
             self._csv.writerows(rows[i] for i in positions)

@@ -9,7 +9,7 @@ import numpy as np
 from ndop_client.errors import RequestRejected
 from ndop_client.hashing import Hasher
 from ndop_client.matching import (
-    DEFAULT_BATCH_ITEMS,
+    HASHED_BATCH_ITEMS,
     MatchOutcome,
     batch_bounds,
     expect_batch,
@@ -32,7 +32,7 @@ def match_hashed(
 ) -> MatchOutcome:
     hasher = Hasher(info.salt, info.hashed_scheme)
     bounds = batch_bounds(
-        len(values), min(DEFAULT_BATCH_ITEMS, info.max_batch_items or DEFAULT_BATCH_ITEMS)
+        len(values), min(HASHED_BATCH_ITEMS, info.max_batch_items or HASHED_BATCH_ITEMS)
     )
 
     def requests() -> Iterator[ndop_pb2.HashedCheckRequest]:

@@ -11,7 +11,10 @@ import numpy as np
 from ndop_client.errors import RequestRejected
 from ndop_client.proto import ndop_pb2
 
-DEFAULT_BATCH_ITEMS: Final = 8192
+HASHED_BATCH_ITEMS: Final = 32768
+"""Digests per hashed-mode message (1 MiB): larger batches cut per-message overhead."""
+PRIVATE_BATCH_ITEMS: Final = 2048
+"""Elements per private-mode message: small enough to keep every core busy in the pipeline."""
 
 
 @dataclass

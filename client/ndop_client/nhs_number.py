@@ -135,10 +135,25 @@ def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidRea
     return values, reasons
 
 
-def canonical_bytes(values: np.ndarray) -> bytes:
-    """Concatenated ten-byte ASCII canonical forms of int64 NHS number values."""
-    digits = (values[:, None] // _POWERS_OF_TEN) % 10 + 48
-    return digits.astype(np.uint8).tobytes()
+def distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. (np.unique without return_inverse takes a slower, hash-based
+    path in NumPy 2.x: about 0.4 s per million values against 0.03 s for this.)"""
+    ordered = np.sort(values)
+    if len(ordered) == 0:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def canonical_bytes(values: np.ndarray, suffix: bytes = b"") -> bytes:
+    """Concatenated ten-byte ASCII canonical forms of int64 values, each followed by `suffix`."""
+    digits = ((values[:, None] // _POWERS_OF_TEN) % 10 + 48).astype(np.uint8)
+    if suffix:
+        tail = np.frombuffer(suffix, dtype=np.uint8)
+        digits = np.hstack([digits, np.broadcast_to(tail, (len(values), len(tail)))])
+    return digits.tobytes()
 
 
 def canonical(value: int) -> str:

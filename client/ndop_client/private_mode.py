@@ -19,7 +19,7 @@ from ndop_client.crypto import oprf
 from ndop_client.errors import IntegrityError, RequestRejected
 from ndop_client.filter_cache import cached_filter, fetch_filter
 from ndop_client.matching import (
-    DEFAULT_BATCH_ITEMS,
+    PRIVATE_BATCH_ITEMS,
     MatchOutcome,
     batch_bounds,
     expect_batch,
@@ -46,7 +46,7 @@ def match_private(
         stub, cache_dir, info.register_id, info.version, metadata
     )
     context.register_version = cached.register_version
-    batch_items = min(DEFAULT_BATCH_ITEMS // 4, info.max_batch_items or DEFAULT_BATCH_ITEMS)
+    batch_items = min(PRIVATE_BATCH_ITEMS, info.max_batch_items or PRIVATE_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)
     window = 2 * workers + 2
     blinds: dict[int, bytes] = {}

@@ -31,7 +31,7 @@ from ndop_client.check import InvalidRow, parse_chunk
 from ndop_client.cohort import CohortFile
 from ndop_client.crypto import oprf
 from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import INVALID, canonical_bytes
+from ndop_client.nhs_number import INVALID, canonical_bytes, distinct
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.store import Store, VersionRecord
@@ -71,7 +71,7 @@ def read_numbers(path: Path) -> NumberFile:
         chunks.append(values[values != INVALID])
         invalid.extend(chunk_invalid)
     every = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
-    unique = np.unique(every)
+    unique = distinct(every)
     return NumberFile(unique, invalid, len(every) - len(unique))
 
 
@@ -171,10 +171,10 @@ class Publisher:
             log.info("register.stage", stage="building artifacts", entries=count)
             index = np.sort(index_keys(all_tokens)).astype("<u8").tobytes()
             filter_bytes = self._build_filter(pool, all_keys, count)
-        added = [
+        added = sorted(
             (tokens[p], new_keys[i * bloom.KEY_BYTES : (i + 1) * bloom.KEY_BYTES])
             for i, p in enumerate(new_positions)
-        ]
+        )
         return _Change(base_version, added, withdrawn, count, index, filter_bytes)
 
     def _publish(self, change: _Change, source: str) -> VersionRecord:

@@ -15,7 +15,7 @@ Nothing here is an NHS number: entries hold tokens (keyed with the store key) an
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,16 +202,17 @@ class Preparation:
         self._db = db
         self.base_version = base_version
 
-    def stage(self, tokens: Iterable[bytes]) -> None:
+    def stage(self, tokens: Sequence[bytes]) -> None:
         """Hold an input file's tokens (by position) in a temporary table."""
         self._db.execute("DROP TABLE IF EXISTS temp.incoming")
         self._db.execute(
             "CREATE TEMP TABLE incoming (token BLOB PRIMARY KEY, position INTEGER NOT NULL) "
             "WITHOUT ROWID"
         )
+        # In key order: B-tree inserts of sorted keys run about twice as fast as random ones.
         self._db.executemany(
             "INSERT OR IGNORE INTO incoming VALUES (?, ?)",
-            ((token, position) for position, token in enumerate(tokens)),
+            sorted(zip(tokens, range(len(tokens)), strict=True)),
         )
 
     def staged_not_live(self) -> list[int]:

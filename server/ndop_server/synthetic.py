@@ -12,7 +12,7 @@ from typing import Final, Literal
 
 import numpy as np
 
-from ndop_client.nhs_number import _POWERS_OF_TEN, _WEIGHT_VECTOR
+from ndop_client.nhs_number import _POWERS_OF_TEN, _WEIGHT_VECTOR, distinct
 
 Range = Literal["999", "9"]
 _PREFIX_BOUNDS: Final = {"999": (999_000_000, 1_000_000_000), "9": (900_000_000, 1_000_000_000)}
@@ -27,7 +27,7 @@ def valid_numbers(count: int, number_range: Range = "999", seed: int = 0) -> np.
     found = np.empty(0, dtype=np.int64)
     while len(found) < count:
         prefixes = rng.integers(low, high, size=int((count - len(found)) * 1.3) + 16)
-        found = np.unique(np.concatenate([found, _complete(prefixes)]))
+        found = distinct(np.concatenate([found, _complete(prefixes)]))
     rng.shuffle(found)
     return found[:count]
 

@@ -1,0 +1,872 @@
+"""The benchmark steps (see benchmarks/README.md for what each figure means).
+
+1. `ndop keys init` + `ndop register load` (subprocess, every core): load time.
+2. `ndop serve` (subprocess): time until it answers GetRegisterInfo; resident memory per
+   register entry, also net of the same server holding a 1-entry register (measured in a
+   separate small run).
+3. `ndop check --mode hashed` (subprocess): file in to cleared file out.
+4. `ndop check --mode private` with an empty filter cache (download counted), then again with
+   the filter cached.
+5. The cleared files of every check are byte-identical and equal to what the data generator
+   knows they must be; opted-out counts equal the known register members in the cohort.
+6. OpenMined PSI on the same data, in this process (setup not counted).
+7. K concurrent hashed checks on slices of the cohort.
+
+Any wrong answer raises BenchmarkFailed: the run prints BENCHMARK FAILED, still writes its JSON
+(status "failed") and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from benchmarks.generate import DATA_DIR, DEFAULT_SEED, Dataset, dat_bytes, generate, read_dat
+from benchmarks.measure import (
+    MB,
+    BenchmarkFailed,
+    CpuWatch,
+    Timed,
+    children_cpu_seconds,
+    machine,
+    run_timed,
+    server_events,
+    start,
+    tail,
+    wait_for_quiet,
+)
+from benchmarks.psi_compare import load_psi, run_psi
+from benchmarks.serve import ServerProcess
+
+QUICK: Final = (200_000, 100_000)
+FULL: Final = (3_500_000, 1_000_000)
+BASELINE_COHORT: Final = 1_000
+ORGANISATION_QUOTA: Final = 10**12
+PURPOSE: Final = "research"
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+
+TARGET_HASHED_SECONDS: Final = 2.0
+TARGET_PSI_RATIO: Final = 1.5
+TARGET_BYTES_PER_ENTRY: Final = 64.0
+
+_began = time.perf_counter()
+
+
+def say(message: str) -> None:
+    print(f"[{time.perf_counter() - _began:7.1f} s] {message}", flush=True)
+
+
+@dataclass
+class Row:
+    step: str
+    size: str
+    seconds: float | None
+    per_second: float | None
+    notes: str
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(
+        self,
+        step: str,
+        size: str,
+        seconds: float | None = None,
+        count: int | None = None,
+        notes: str = "",
+    ) -> None:
+        rate = count / seconds if count is not None and seconds else None
+        self.rows.append(Row(step, size, seconds, rate, notes))
+
+
+def ndop_command() -> list[str]:
+    """The `ndop` console script of this environment, else the module behind it."""
+    script = Path(sys.executable).with_name("ndop")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "ndop_client.cli.main"]
+
+
+def n(value: int) -> str:
+    return f"{value:,}"
+
+
+def mb(value: float) -> str:
+    return f"{value / MB:,.1f} MiB"
+
+
+class Bench:
+    server: ServerProcess
+    private_seconds: float
+    private_cached_seconds: float
+    hashed_rate: float
+
+    def __init__(self, args: argparse.Namespace, results: Results) -> None:
+        self.args = args
+        self.results = results
+        self.figures = results.figures
+        self.ndop = ndop_command()
+        self.work = Path(tempfile.mkdtemp(prefix="work-", dir=_ensure(DATA_DIR)))
+        self.env = dict(os.environ)
+        # Never the user's own cache: every private check says which cache it uses.
+        self.env["XDG_CACHE_HOME"] = str(self.work / "cache-default")
+        self.servers: list[ServerProcess] = []
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Before a timed step: wait a while for other work on the machine to finish."""
+        limit = self.args.quiet_wait
+        if limit <= 0:
+            return
+        busy, waited = wait_for_quiet(limit)
+        if waited > 1.0:
+            state = "quiet" if busy < 20.0 else f"still {busy:.0f}% busy, going ahead"
+            say(f"  waited {waited:.0f} s for other work on the machine to finish ({state})")
+
+    def _env(self, server: ServerProcess, cache: Path | None = None) -> dict[str, str]:
+        env = dict(self.env)
+        env["NDOP_TOKEN"] = server.token
+        if cache is not None:
+            env["XDG_CACHE_HOME"] = str(cache)
+        return env
+
+    def _load(self, snapshot: Path, directory: Path) -> tuple[Path, Path, str, Timed, Timed]:
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = directory / "keys.json"
+        store = directory / "store.sqlite3"
+        init = run_timed(
+            [*self.ndop, "keys", "init", "--keys", str(keys)], directory / "keys-init.log", self.env
+        )
+        load = run_timed(
+            [
+                *self.ndop,
+                "register",
+                "load",
+                str(snapshot),
+                "--store",
+                str(store),
+                "--keys",
+                str(keys),
+                "--log-format",
+                "json",
+            ],
+            directory / "register-load.log",
+            self.env,
+        )
+        return keys, store, self._organisation(store, directory), init, load
+
+    def _organisation(self, store: Path, directory: Path) -> str:
+        """An organisation allowed to check, with a quota no benchmark reaches; its token."""
+        log = directory / "org-add.log"
+        run_timed(
+            [
+                *self.ndop,
+                "org",
+                "add",
+                "benchmark",
+                "--store",
+                str(store),
+                "--daily-quota",
+                str(ORGANISATION_QUOTA),
+            ],
+            log,
+            self.env,
+        )
+        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+        if not lines or " " in lines[-1]:
+            raise BenchmarkFailed(f"cannot find the token `ndop org add` printed in {log}")
+        return lines[-1]
+
+    def _server(self, store: Path, keys: Path, token: str, log: Path) -> ServerProcess:
+        server = ServerProcess(self.ndop, store, keys, log, token, self.env)
+        self.servers.append(server)
+        return server
+
+    def _check(
+        self,
+        server: ServerProcess,
+        cohort: Path,
+        mode: str,
+        name: str,
+        cache: Path | None = None,
+    ) -> tuple[Timed, dict[str, Any], Path]:
+        out = self.work / f"cleared-{name}.dat"
+        report = self.work / f"report-{name}.json"
+        timed = run_timed(
+            [
+                *self.ndop,
+                "check",
+                str(cohort),
+                "--server",
+                server.address,
+                "--out",
+                str(out),
+                "--mode",
+                mode,
+                "--report",
+                str(report),
+                "--purpose",
+                PURPOSE,
+                "--insecure",
+            ],
+            self.work / f"check-{name}.log",
+            self._env(server, cache),
+        )
+        return timed, json.loads(report.read_text()), out
+
+    @staticmethod
+    def _verify(name: str, report: dict[str, Any], rows: int, members: int) -> None:
+        problems = []
+        if report.get("rows") != rows:
+            problems.append(f"rows {report.get('rows')} != {rows}")
+        if report.get("opted_out") != members:
+            problems.append(f"opted_out {report.get('opted_out')} != known members {members}")
+        if report.get("cleared") != rows - members:
+            problems.append(f"cleared {report.get('cleared')} != {rows - members}")
+        invalid = report.get("invalid", {})
+        if isinstance(invalid, dict) and invalid.get("count", 0) != 0:
+            problems.append(f"{invalid.get('count')} rows reported invalid, expected none")
+        if problems:
+            raise BenchmarkFailed(f"check {name} gave wrong answers: " + "; ".join(problems))
+
+    @staticmethod
+    def _server_seconds(server: ServerProcess, report: dict[str, Any]) -> float | None:
+        request_id = report.get("request_id")
+        for event in server_events(server.log, "check.completed"):
+            if request_id and event.get("request_id") == request_id:
+                seconds = event.get("seconds")
+                return float(seconds) if isinstance(seconds, int | float) else None
+        return None
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        args = self.args
+        figures = self.figures
+        data = generate(args.register, args.cohort, args.seed, log=say)
+        figures["data"] = data.summary()
+        register = read_dat(data.register_path)
+        cohort = read_dat(data.cohort_path)
+        members = np.isin(cohort, register)
+        if int(members.sum()) != data.members_in_cohort or len(np.unique(cohort)) != len(cohort):
+            raise BenchmarkFailed("the generated cohort does not hold the members it should")
+        expected_cleared = dat_bytes(cohort[~members])
+
+        self.baseline(args.seed)
+        self.load_and_serve(data)
+        hashed_out = self.checks(data, expected_cleared)
+        if args.skip_psi:
+            self.results.add("OpenMined PSI", "-", notes="skipped (--skip-psi)")
+            figures["psi"] = {"skipped": "--skip-psi"}
+        else:
+            self.psi(register, cohort, members)
+        del register
+        self.concurrent(data, cohort, members, hashed_out)
+        self.memory_after(data)
+
+    def baseline(self, seed: int) -> None:
+        """The same server on a 1-entry register: what it costs before holding any entries."""
+        say("baseline: 1-entry register, server memory before and after small checks")
+        data = generate(1, BASELINE_COHORT, seed, log=say)
+        directory = self.work / "baseline"
+        keys, store, token, _, _ = self._load(data.register_path, directory)
+        server = self._server(store, keys, token, directory / "serve.log")
+        try:
+            seconds, _ = server.start()
+            after_start = server.memory()
+            for mode in ("hashed", "private"):
+                _, report, _ = self._check(
+                    server, data.cohort_path, mode, f"baseline-{mode}", directory / "cache"
+                )
+                self._verify(f"baseline {mode}", report, data.cohort_size, data.members_in_cohort)
+            after_checks = server.memory()
+        finally:
+            server.stop()
+        self.figures["baseline_server"] = {
+            "entries": 1,
+            "start_seconds": seconds,
+            "memory_after_start": after_start,
+            "memory_after_checks": after_checks,
+        }
+        self.results.add(
+            "server baseline (1 entry)",
+            "1",
+            seconds,
+            notes=f"RSS {mb(after_start['rss'])} after start, {mb(after_checks['rss'])} after "
+            f"checks; USS {mb(after_checks.get('uss', 0))}",
+        )
+
+    def load_and_serve(self, data: Dataset) -> None:
+        say(f"step 1: ndop keys init + ndop register load ({n(data.register_size)} entries)")
+        directory = self.work / "register"
+        self.settle()
+        watch = CpuWatch()
+        keys, store, token, init, load = self._load(data.register_path, directory)
+        cpu = watch.stop()
+        stages = _stage_durations(directory / "register-load.log", load)
+        store_bytes = sum(
+            path.stat().st_size for path in directory.glob("store.sqlite3*") if path.is_file()
+        )
+        self.figures["load"] = {
+            "keys_init_seconds": init.seconds,
+            "seconds": load.seconds,
+            "cpu_seconds": load.cpu_seconds,
+            "cores_used": load.cores_used,
+            "peak_rss_tree": load.peak_rss,
+            "store_bytes": store_bytes,
+            "stages_seconds": stages,
+            "cpu": cpu.as_dict(),
+        }
+        self.results.add("keys init", "-", init.seconds)
+        stage_note = ", ".join(f"{name} {sec:.1f}s" for name, sec in stages.items())
+        stage_note = stage_note.replace("published ", "after publication ")
+        self.results.add(
+            "register load",
+            n(data.register_size),
+            load.seconds,
+            data.register_size,
+            f"{load.cores_used:.2f} of {os.cpu_count()} cores; peak RSS {mb(load.peak_rss)}; "
+            f"store {store_bytes / data.register_size:.0f} B/entry"
+            + (f"; {stage_note}" if stage_note else "")
+            + _with(cpu.note(load.seconds)),
+        )
+        say(f"  load took {load.seconds:.1f} s")
+
+        say("step 2: ndop serve, until it answers GetRegisterInfo")
+        self.server = self._server(store, keys, token, self.work / "serve.log")
+        seconds, info = self.server.start()
+        if info.count != data.register_size:
+            raise BenchmarkFailed(
+                f"the server answers for {info.count:,} entries, expected {data.register_size:,}"
+            )
+        memory = self.server.memory()
+        self.figures["server"] = {
+            "start_seconds": seconds,
+            "register_version": info.version,
+            "filter_bytes": info.filter_size,
+            "memory_after_start": memory,
+        }
+        self.results.add(
+            "server start",
+            n(data.register_size),
+            seconds,
+            notes=f"until GetRegisterInfo answers; filter {mb(info.filter_size)}",
+        )
+        self._memory_row("server memory after start", memory, data, "memory_after_start")
+
+    def _memory_row(self, step: str, memory: dict[str, int], data: Dataset, key: str) -> None:
+        entries = data.register_size
+        base = self.figures["baseline_server"][
+            "memory_after_start" if key == "memory_after_start" else "memory_after_checks"
+        ]
+        per_entry = memory["rss"] / entries
+        net = (memory["rss"] - base["rss"]) / entries
+        figures: dict[str, float] = {"rss_per_entry": per_entry, "net_rss_per_entry": net}
+        notes = (
+            f"RSS {mb(memory['rss'])} = {per_entry:.1f} B/entry; "
+            f"net of 1-entry server {net:.1f} B/entry"
+        )
+        if "uss" in memory and "uss" in base:
+            net_uss = (memory["uss"] - base["uss"]) / entries
+            figures["uss_per_entry"] = memory["uss"] / entries
+            figures["net_uss_per_entry"] = net_uss
+            notes += f"; USS {mb(memory['uss'])}, net {net_uss:.1f} B/entry"
+        if "peak_rss" in memory:
+            figures["peak_rss_per_entry"] = memory["peak_rss"] / entries
+            notes += f"; peak RSS {mb(memory['peak_rss'])}"
+        self.figures["server"][key.replace("memory", "bytes_per_entry")] = figures
+        self.results.add(step, n(entries), notes=notes)
+
+    def checks(self, data: Dataset, expected_cleared: bytes) -> Path:
+        size = f"{n(data.cohort_size)} vs {n(data.register_size)}"
+        rows, members = data.cohort_size, data.members_in_cohort
+        runs: dict[str, dict[str, Any]] = {}
+        outputs: dict[str, Path] = {}
+        cold_cache = self.work / "cache-private"
+        plan = [
+            ("hashed", "hashed", None, "check hashed", ""),
+            (
+                "private-cold",
+                "private",
+                cold_cache,
+                "check private (cold)",
+                "empty filter cache: download counted",
+            ),
+            (
+                "private-cached",
+                "private",
+                cold_cache,
+                "check private (cached)",
+                "filter already cached",
+            ),
+        ]
+        for number, (name, mode, cache, step, note) in enumerate(plan, start=3):
+            say(f"step {min(number, 4)}: ndop check --mode {mode} ({name}), {n(rows)} numbers")
+            if cache is not None and name == "private-cold" and cache.exists():
+                shutil.rmtree(cache)
+            self.settle()
+            server_cpu = self.server.cpu_seconds()
+            watch = CpuWatch(self.server.pid)
+            timed, report, out = self._check(self.server, data.cohort_path, mode, name, cache)
+            cpu = watch.stop()
+            server_cpu = self.server.cpu_seconds() - server_cpu
+            self._verify(name, report, rows, members)
+            outputs[name] = out
+            server_seconds = self._server_seconds(self.server, report)
+            timings = report.get("timings_s", {})
+            runs[name] = {
+                "mode": mode,
+                "seconds": timed.seconds,
+                "numbers_per_second": rows / timed.seconds,
+                "client_cpu_seconds": timed.cpu_seconds,
+                "client_peak_rss_tree": timed.peak_rss,
+                "server_cpu_seconds": server_cpu,
+                "server_seconds_logged": server_seconds,
+                "report_timings_s": timings,
+                "opted_out": report.get("opted_out"),
+                "cleared": report.get("cleared"),
+                "cpu": cpu.as_dict(),
+            }
+            parts = [note] if note else []
+            parts.append(
+                "client "
+                + " ".join(
+                    f"{key.removesuffix('_s')} {value:.2f}" for key, value in timings.items()
+                )
+            )
+            if server_seconds is not None:
+                parts.append(f"server {server_seconds:.2f} s")
+            parts.append(f"cpu client {timed.cpu_seconds:.1f} s server {server_cpu:.1f} s")
+            if cpu.note(timed.seconds):
+                parts.append(cpu.note(timed.seconds))
+            self.results.add(step, size, timed.seconds, rows, "; ".join(parts))
+            say(f"  {timed.seconds:.2f} s ({rows / timed.seconds:,.0f} numbers/s)")
+
+        say("step 5: the answers agree and are right")
+        reference = outputs["hashed"].read_bytes()
+        for name, out in outputs.items():
+            if out.read_bytes() != reference:
+                raise BenchmarkFailed(f"cleared file of {name} differs from the hashed one")
+        if reference != expected_cleared:
+            raise BenchmarkFailed("the cleared file is not the cohort minus its known members")
+        self.figures["checks"] = runs
+        self.figures["checks_agree"] = {
+            "byte_identical": sorted(outputs),
+            "opted_out": members,
+            "known_members": members,
+            "cleared_rows": rows - members,
+        }
+        self.results.add(
+            "answers agree",
+            size,
+            notes=f"hashed, private cold and cached cleared files byte-identical and equal to "
+            f"cohort minus the {n(members)} known members",
+        )
+        self.private_seconds = runs["private-cold"]["seconds"]
+        self.private_cached_seconds = runs["private-cached"]["seconds"]
+        self.hashed_rate = runs["hashed"]["numbers_per_second"]
+        return outputs["hashed"]
+
+    def psi(self, register: np.ndarray, cohort: np.ndarray, members: np.ndarray) -> None:
+        psi = load_psi()
+        if psi is None:
+            say("step 6: OpenMined PSI is not importable; skipped")
+            self.results.add("OpenMined PSI", "-", notes="skipped: openmined.psi not importable")
+            self.figures["psi"] = {"skipped": "not importable"}
+            return
+        say(f"step 6: OpenMined PSI, {n(len(cohort))} vs {n(len(register))}, in this process")
+        size = f"{n(len(cohort))} vs {n(len(register))}"
+        figures, cpu = run_psi(psi, register, cohort, members, say, self.server.pid, self.settle)
+        ratio = figures.seconds / self.private_seconds
+        ratio_cached = figures.seconds / self.private_cached_seconds
+        self.figures["psi"] = {
+            **asdict(figures),
+            "seconds": figures.seconds,
+            "false_positive_rate": 1e-9,
+            "data_structure": "GCS",
+            "ratio_to_ndop_private_cold": ratio,
+            "ratio_to_ndop_private_cached": ratio_cached,
+            "cpu": cpu.as_dict(),
+        }
+        self.results.add(
+            "PSI setup (not counted)",
+            n(len(register)),
+            figures.setup_seconds,
+            len(register),
+            f"setup message {mb(figures.setup_bytes)}",
+        )
+        self.results.add(
+            "PSI request+process+intersect",
+            size,
+            figures.seconds,
+            len(cohort),
+            f"request {figures.request_seconds:.1f} process {figures.process_seconds:.1f} "
+            f"intersect {figures.intersection_seconds:.1f} s; "
+            f"PSI/ndop private = {ratio:.2f} (cold), {ratio_cached:.2f} (cached); "
+            f"target >= {TARGET_PSI_RATIO}; cpu {cpu.ours:.1f} s"
+            + _with(cpu.note(figures.seconds)),
+        )
+
+    def concurrent(
+        self, data: Dataset, cohort: np.ndarray, members: np.ndarray, reference: Path
+    ) -> None:
+        clients = self.args.clients
+        say(f"step 7: {clients} concurrent hashed checks on slices of the cohort")
+        bounds = np.linspace(0, len(cohort), clients + 1).astype(int)
+        slices: list[tuple[Path, Path, Path, int, int]] = []
+        for index in range(clients):
+            start_row, end_row = int(bounds[index]), int(bounds[index + 1])
+            path = self.work / f"slice-{index}.dat"
+            path.write_bytes(dat_bytes(cohort[start_row:end_row]))
+            slices.append(
+                (
+                    path,
+                    self.work / f"cleared-slice-{index}.dat",
+                    self.work / f"report-slice-{index}.json",
+                    end_row - start_row,
+                    int(members[start_row:end_row].sum()),
+                )
+            )
+        self.settle()
+        server_cpu = self.server.cpu_seconds()
+        watch = CpuWatch(self.server.pid)
+        cpu_before = children_cpu_seconds()
+        began = time.perf_counter()
+        processes = [
+            start(
+                [
+                    *self.ndop,
+                    "check",
+                    str(path),
+                    "--server",
+                    self.server.address,
+                    "--out",
+                    str(out),
+                    "--mode",
+                    "hashed",
+                    "--report",
+                    str(report),
+                    "--purpose",
+                    PURPOSE,
+                    "--insecure",
+                ],
+                self.work / f"check-slice-{index}.log",
+                self._env(self.server),
+            )
+            for index, (path, out, report, _, _) in enumerate(slices)
+        ]
+        codes = [process.wait() for process in processes]
+        seconds = time.perf_counter() - began
+        client_cpu = children_cpu_seconds() - cpu_before
+        cpu = watch.stop()
+        server_cpu = self.server.cpu_seconds() - server_cpu
+        failed = [i for i, code in enumerate(codes) if code != 0]
+        if failed:
+            first = failed[0]
+            raise BenchmarkFailed(
+                f"{len(failed)} of {clients} concurrent checks failed (exit codes {codes}); "
+                f"last lines of client {first}:\n{tail(self.work / f'check-slice-{first}.log')}"
+            )
+        joined = bytearray()
+        for index, (_, out, report, rows, known) in enumerate(slices):
+            self._verify(f"concurrent client {index}", json.loads(report.read_text()), rows, known)
+            joined += out.read_bytes()
+        if bytes(joined) != reference.read_bytes():
+            raise BenchmarkFailed(
+                "the concurrent checks' cleared slices do not add up to the whole"
+            )
+        rate = len(cohort) / seconds
+        self.figures["concurrent"] = {
+            "clients": clients,
+            "numbers": len(cohort),
+            "seconds": seconds,
+            "aggregate_numbers_per_second": rate,
+            "single_client_numbers_per_second": self.hashed_rate,
+            "ratio_to_single_client": rate / self.hashed_rate,
+            "exit_codes": codes,
+            "client_cpu_seconds": client_cpu,
+            "server_cpu_seconds": server_cpu,
+            "cpu": cpu.as_dict(),
+        }
+        self.results.add(
+            f"hashed x {clients} concurrent",
+            f"{n(len(cohort))} vs {n(data.register_size)}",
+            seconds,
+            len(cohort),
+            f"all {clients} exited 0 with correct counts; "
+            f"{rate / self.hashed_rate:.2f}x the single-client rate; "
+            f"cpu clients {client_cpu:.1f} s server {server_cpu:.1f} s" + _with(cpu.note(seconds)),
+        )
+
+    def memory_after(self, data: Dataset) -> None:
+        memory = self.server.memory()
+        self.figures["server"]["memory_after_checks"] = memory
+        self._memory_row("server memory after checks", memory, data, "memory_after_checks")
+        code = self.server.stop()
+        self.figures["server"]["exit_code"] = code
+        self.figures["server"]["stop_seconds"] = self.server.stop_seconds
+        if code != 0:
+            raise BenchmarkFailed(
+                f"ndop serve exited {code} on SIGTERM; last lines:\n{tail(self.server.log)}"
+            )
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _with(note: str) -> str:
+    return f"; {note}" if note else ""
+
+
+def _ensure(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _stage_durations(log: Path, timed: Timed) -> dict[str, float]:
+    """Seconds between the `register.stage` events of a load, from the start of the process
+    to its first stage event and from publication to its exit included."""
+    marks: list[tuple[str, datetime]] = [("until first stage", timed.started_at)]
+    for name in ("register.stage", "register.published"):
+        for event in server_events(log, name):
+            stamp = event.get("timestamp")
+            if not isinstance(stamp, str):
+                continue
+            label = str(event.get("stage", "published"))
+            marks.append((label, datetime.fromisoformat(stamp.replace("Z", "+00:00"))))
+    marks.sort(key=lambda mark: mark[1])
+    marks.append(("exit", timed.started_at + timedelta(seconds=timed.seconds)))
+    durations: dict[str, float] = {}
+    for (label, at), (_, following) in itertools.pairwise(marks):
+        durations[label] = durations.get(label, 0.0) + (following - at).total_seconds()
+    return durations
+
+
+def table(rows: Sequence[Row]) -> str:
+    headers = ("step", "size", "seconds", "numbers/s", "notes")
+    cells = [
+        (
+            row.step,
+            row.size,
+            f"{row.seconds:.2f}" if row.seconds is not None else "-",
+            f"{row.per_second:,.0f}" if row.per_second is not None else "-",
+            row.notes,
+        )
+        for row in rows
+    ]
+    widths = [max([len(headers[i])] + [len(c[i]) for c in cells]) for i in range(4)]
+    lines = [
+        "  ".join(
+            [
+                headers[0].ljust(widths[0]),
+                headers[1].ljust(widths[1]),
+                headers[2].rjust(widths[2]),
+                headers[3].rjust(widths[3]),
+                headers[4],
+            ]
+        )
+    ]
+    lines.append("  ".join(["-" * w for w in widths] + ["-----"]))
+    for c in cells:
+        lines.append(
+            "  ".join(
+                [
+                    c[0].ljust(widths[0]),
+                    c[1].ljust(widths[1]),
+                    c[2].rjust(widths[2]),
+                    c[3].rjust(widths[3]),
+                    c[4],
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def targets(figures: dict[str, Any], full_size: bool) -> list[dict[str, Any]]:
+    """Each PRODUCT.md target beside what this run measured."""
+    found: list[dict[str, Any]] = []
+    checks = figures.get("checks", {})
+    data = figures.get("data", {})
+    if "hashed" in checks:
+        seconds = checks["hashed"]["seconds"]
+        per_million = seconds / data["cohort_size"] * 1_000_000
+        found.append(
+            {
+                "target": "hashed: 1,000,000 vs 3,500,000, file to file, about 2 s",
+                "measured": f"{seconds:.2f} s ({per_million:.2f} s per million numbers)",
+                "met": seconds <= TARGET_HASHED_SECONDS * 1.25 if full_size else None,
+            }
+        )
+    psi = figures.get("psi", {})
+    if "ratio_to_ndop_private_cold" in psi:
+        ratio = psi["ratio_to_ndop_private_cold"]
+        found.append(
+            {
+                "target": f"private at least {TARGET_PSI_RATIO}x faster than OpenMined PSI",
+                "measured": f"PSI/ndop = {ratio:.2f} (cold cache), "
+                f"{psi['ratio_to_ndop_private_cached']:.2f} (cached)",
+                "met": ratio >= TARGET_PSI_RATIO if full_size else None,
+            }
+        )
+    server = figures.get("server", {})
+    after = server.get("bytes_per_entry_after_checks") or server.get("bytes_per_entry_after_start")
+    if after:
+        worst = max(
+            after["rss_per_entry"],
+            server.get("bytes_per_entry_after_start", after)["rss_per_entry"],
+        )
+        found.append(
+            {
+                "target": f"server at most {TARGET_BYTES_PER_ENTRY:.0f} B resident per entry "
+                "at 3.5M",
+                "measured": f"{worst:.1f} B/entry RSS (net of 1-entry server "
+                f"{after['net_rss_per_entry']:.1f})",
+                "met": worst <= TARGET_BYTES_PER_ENTRY if full_size else None,
+            }
+        )
+    load = figures.get("load")
+    if load:
+        found.append(
+            {
+                "target": "load 3.5M snapshot, filter included: minutes, every core",
+                "measured": f"{load['seconds']:.1f} s using {load['cores_used']:.2f} of "
+                f"{os.cpu_count()} cores",
+                "met": (
+                    load["seconds"] < 60 * 60 and load["cores_used"] > 0.75 * (os.cpu_count() or 1)
+                )
+                if full_size
+                else None,
+            }
+        )
+    concurrent = figures.get("concurrent")
+    if concurrent:
+        found.append(
+            {
+                "target": "many clients at once: throughput holds, nothing fails",
+                "measured": f"{concurrent['clients']} clients, all exit 0, "
+                f"{concurrent['ratio_to_single_client']:.2f}x single-client rate",
+                "met": concurrent["ratio_to_single_client"] >= 0.9 if full_size else None,
+            }
+        )
+    return found
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="ndop benchmarks on synthetic 9-range data (see benchmarks/README.md).",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"reference sizes: register {n(FULL[0])}, cohort {n(FULL[1])} "
+        f"(default: register {n(QUICK[0])}, cohort {n(QUICK[1])})",
+    )
+    parser.add_argument("--register", type=int, metavar="N", help="register entries")
+    parser.add_argument("--cohort", type=int, metavar="N", help="cohort rows")
+    parser.add_argument("--skip-psi", action="store_true", help="leave out OpenMined PSI")
+    parser.add_argument("--clients", type=int, default=4, metavar="K", help="concurrent clients")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic data seed")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR", help="JSON results")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="before each timed step, wait up to this long for the CPUs to be idle (0: never)",
+    )
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the stores, logs and outputs of the run"
+    )
+    args = parser.parse_args(argv)
+    sizes = FULL if args.full else QUICK
+    args.register = args.register or sizes[0]
+    args.cohort = args.cohort or sizes[1]
+    if args.register < 1 or args.cohort < 1 or args.clients < 1:
+        parser.error("sizes and --clients must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    full_size = args.register >= FULL[0] and args.cohort >= FULL[1]
+    results = Results()
+    status, error = "ok", ""
+    bench: Bench | None = None
+    say(
+        f"ndop benchmarks: register {n(args.register)}, cohort {n(args.cohort)}, "
+        f"{args.clients} concurrent clients, PSI {'off' if args.skip_psi else 'on'}"
+    )
+    try:
+        bench = Bench(args, results)
+        say(f"work directory {bench.work}")
+        try:
+            bench.run()
+        finally:
+            bench.stop_all()
+    except BenchmarkFailed as exc:
+        status, error = "failed", str(exc)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted"
+    except Exception as exc:
+        status, error = "error", "".join(traceback.format_exception(exc))
+
+    figures = results.figures
+    report = {
+        "status": status,
+        "error": error,
+        "command": [
+            "python",
+            "-m",
+            "benchmarks.run",
+            *(argv if argv is not None else sys.argv[1:]),
+        ],
+        "sizes": {"register": args.register, "cohort": args.cohort, "clients": args.clients},
+        "reference_sizes": full_size,
+        "machine": machine(),
+        "rows": [asdict(row) for row in results.rows],
+        "figures": figures,
+        "targets": targets(figures, full_size),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    result_path = args.out / f"{stamp}.json"
+    result_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    print()
+    print(table(results.rows))
+    print()
+    scale = "" if full_size else " (targets apply at --full sizes; shown for reference)"
+    print(f"targets from PRODUCT.md{scale}:")
+    for target in report["targets"]:
+        verdict = {True: "MET", False: "NOT MET", None: "n/a"}[target["met"]]
+        print(f"  [{verdict:>7}] {target['target']}: {target['measured']}")
+    print(f"\nresults written to {result_path}")
+    if bench is not None:
+        if status == "ok" and not args.keep_work:
+            shutil.rmtree(bench.work, ignore_errors=True)
+        else:
+            print(f"stores, logs and outputs kept in {bench.work}")
+    if status != "ok":
+        print(f"\nBENCHMARK FAILED ({status}): {error}", file=sys.stderr)
+        return 1
+    return 0
