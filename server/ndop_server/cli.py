@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ndop_server import allocator
 from ndop_server import keys as keyfile
 from ndop_server.cli_access import add_access_commands
 from ndop_server.logs import configure
@@ -177,6 +178,7 @@ def _register_info(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     configure(args.log_format)
+    allocator.limit_growth()
     loaded = keyfile.load(args.keys)
     tls = None
     if args.tls_cert or args.tls_key:
