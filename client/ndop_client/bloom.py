@@ -59,7 +59,3 @@ def serialize(bloom: BloomFilter) -> bytes:
 
 def deserialize(data: bytes) -> BloomFilter:
     return BloomFilter.fromfile(io.BytesIO(data))
-
-
-def contains_many(bloom: BloomFilter, keys: Iterable[str]) -> list[bool]:
-    return [key in bloom for key in keys]
