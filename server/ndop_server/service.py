@@ -113,9 +113,9 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             # closes this generator at the yield above and the check is audited as cancelled.
             outcome = "completed"
         except (BatchRejected, CheckRefused) as exc:
-            self._refuse(context, session, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._refuse(context, session, served(session), grpc.StatusCode.INVALID_ARGUMENT, exc)
         except QuotaExhausted as exc:
-            self._refuse(context, session, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            self._refuse(context, session, served(session), grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
         finally:
             session.end(served(session), outcome)
         log.info(
@@ -133,11 +133,12 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         self,
         context: grpc.ServicerContext,
         session: CheckSession,
+        served: Served,
         code: grpc.StatusCode,
-        message: str,
+        reason: Exception,
     ) -> NoReturn:
-        current = self._holder.current
-        served = Served(current.version, current.record.count) if current else Served(0, 0)
+        """Audit the check as refused and end the call; `reason` is a safe sentence."""
+        message = str(reason)
         session.end(served, code.name.lower().replace("_", "-"))
         log.info(
             "check.refused",
