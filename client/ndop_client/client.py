@@ -37,7 +37,11 @@ MODES: tuple[Mode, ...] = ("private", "hashed")
 
 
 class Client:
-    """A connection to one ndop server. Not shared between threads."""
+    """A connection to one ndop server. Not shared between threads.
+
+    `timeout` bounds each single request (register info); check streams run as long as the
+    cohort needs.
+    """
 
     def __init__(
         self,
@@ -51,7 +55,7 @@ class Client:
         purpose: str | None = None,
         workers: int | None = None,
         cache_dir: Path | str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = 30.0,
     ) -> None:
         self.server = server
         self.purpose = purpose
