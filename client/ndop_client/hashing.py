@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from ndop_client.packing import hash_each
+
 SCHEME: Final = "ndop-sha256-v1"
 DOMAIN: Final = b"ndop-sha256-v1/nhs-number\x00"
 SALT_SIZE: Final = 32
@@ -40,11 +42,4 @@ class Hasher:
 
     def digest_packed(self, canonical_blob: bytes) -> bytes:
         """Concatenated digests of concatenated ten-byte canonical numbers, in order."""
-        copy = self._prefix.copy
-        view = memoryview(canonical_blob)
-        out = []
-        for start in range(0, len(view), CANONICAL_SIZE):
-            h = copy()
-            h.update(view[start : start + CANONICAL_SIZE])
-            out.append(h.digest())
-        return b"".join(out)
+        return hash_each(self._prefix, canonical_blob, CANONICAL_SIZE)

@@ -13,17 +13,14 @@ from pybloom_live import BloomFilter
 from ndop_client import bloom
 from ndop_client.crypto import oprf
 from ndop_client.hashing import CANONICAL_SIZE
+from ndop_client.packing import split
 
 _loaded: tuple[Path, BloomFilter] | None = None
 
 
-def _split(blob: bytes, size: int) -> list[bytes]:
-    return [blob[i : i + size] for i in range(0, len(blob), size)]
-
-
 def blind(canonical_blob: bytes) -> tuple[bytes, bytes]:
     """(concatenated blinds, concatenated blinded elements) for ten-byte canonical numbers."""
-    blinds, blinded = oprf.blind_batch(_split(canonical_blob, CANONICAL_SIZE))
+    blinds, blinded = oprf.blind_batch(split(canonical_blob, CANONICAL_SIZE))
     return b"".join(blinds), blinded
 
 
@@ -34,7 +31,7 @@ def unblind_and_test(
     global _loaded
     if _loaded is None or _loaded[0] != filter_path:
         _loaded = (filter_path, bloom.deserialize(filter_path.read_bytes()))
-    inputs = _split(canonical_blob, CANONICAL_SIZE)
-    outputs = oprf.finalize_batch(inputs, _split(blinds, oprf.SCALAR_SIZE), evaluated)
+    inputs = split(canonical_blob, CANONICAL_SIZE)
+    outputs = oprf.finalize_batch(inputs, split(blinds, oprf.SCALAR_SIZE), evaluated)
     members = _loaded[1]
     return bytes(bloom.filter_key(output) in members for output in outputs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ndop_client import receipts
 from ndop_client.check import FileCheck
 from ndop_client.files import write_json_atomically
 
@@ -49,6 +50,26 @@ def build(check: FileCheck, purpose: str) -> dict[str, Any]:
 
 def write(report: dict[str, Any], path: Path) -> None:
     write_json_atomically(report, path, "report")
+
+
+def receipt_path_for(beside: Path) -> Path:
+    """report.json -> report.receipt.json; cleared.dat -> cleared.dat.receipt.json"""
+    stem = beside.stem if beside.suffix == ".json" else beside.name
+    return beside.with_name(f"{stem}.receipt.json")
+
+
+def save(check: FileCheck, purpose: str, report_path: Path | None) -> dict[str, Any]:
+    """Write the signed receipt beside the report (or the cleared file) and the report itself;
+    returns the report, naming the receipt's path."""
+    result = build(check, purpose)
+    summary = check.classified.outcome.summary
+    if summary is not None and summary.HasField("receipt"):
+        receipt_path = receipt_path_for(report_path or check.out)
+        receipts.write(summary.receipt, receipt_path)
+        result["receipt"] = str(receipt_path)
+    if report_path is not None:
+        write(result, report_path)
+    return result
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -141,12 +141,6 @@ def _check(client: Client, cohort: Path, directory: Path, mode: Mode, name: str)
     check = client.check_file(
         cohort, directory / f"cleared-{name}.dat", mode=mode, progress=for_stream()
     )
-    result = report.build(check, "research")
-    summary = check.classified.outcome.summary
-    if summary is not None and summary.HasField("receipt"):
-        receipt_path = directory / f"report-{name}.receipt.json"
-        receipts.write(summary.receipt, receipt_path)
-        result["receipt"] = str(receipt_path)
-    report.write(result, directory / f"report-{name}.json")
+    result = report.save(check, "research", directory / f"report-{name}.json")
     for line in report.summary_lines(result):
         print(f"   {line}")

@@ -32,6 +32,7 @@ from ndop_client.cohort import CohortFile
 from ndop_client.crypto import oprf
 from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
 from ndop_client.nhs_number import INVALID, canonical_bytes, distinct
+from ndop_client.packing import split
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.store import Store, VersionRecord
@@ -75,24 +76,14 @@ def read_numbers(path: Path) -> NumberFile:
     return NumberFile(unique, invalid, len(every) - len(unique))
 
 
-def _filter_keys(oprf_key: bytes, canonical_blob: bytes) -> bytes:
-    inputs = [
-        canonical_blob[i : i + CANONICAL_SIZE]
-        for i in range(0, len(canonical_blob), CANONICAL_SIZE)
-    ]
-    outputs = oprf.evaluate_input_batch(oprf_key, inputs)
+def _evaluate_filter_keys(oprf_key: bytes, canonical_blob: bytes) -> bytes:
+    outputs = oprf.evaluate_input_batch(oprf_key, split(canonical_blob, CANONICAL_SIZE))
     return b"".join(output[: bloom.KEY_BYTES] for output in outputs)
 
 
 def _bloom_shard(capacity: int, keys_blob: bytes) -> tuple[bytes, int]:
     shard = bloom.empty(capacity)
-    bloom.add_all(
-        shard,
-        (
-            keys_blob[i : i + bloom.KEY_BYTES].hex()
-            for i in range(0, len(keys_blob), bloom.KEY_BYTES)
-        ),
-    )
+    bloom.add_all(shard, (key.hex() for key in split(keys_blob, bloom.KEY_BYTES)))
     return shard.bitarray.tobytes(), len(keys_blob) // bloom.KEY_BYTES
 
 
@@ -172,8 +163,11 @@ class Publisher:
             index = np.sort(index_keys(all_tokens)).astype("<u8").tobytes()
             filter_bytes = self._build_filter(pool, all_keys, count)
         added = sorted(
-            (tokens[p], new_keys[i * bloom.KEY_BYTES : (i + 1) * bloom.KEY_BYTES])
-            for i, p in enumerate(new_positions)
+            zip(
+                (tokens[p] for p in new_positions),
+                split(new_keys, bloom.KEY_BYTES),
+                strict=True,
+            )
         )
         return _Change(base_version, added, withdrawn, count, index, filter_bytes)
 
@@ -214,7 +208,7 @@ class Publisher:
         for start in range(0, len(values), 65536):
             digests = self._hasher.digest_packed(canonical_bytes(values[start : start + 65536]))
             packed = self._tokenizer.tokens(digests, DIGEST_SIZE)
-            tokens.extend(packed[i : i + TOKEN_SIZE] for i in range(0, len(packed), TOKEN_SIZE))
+            tokens.extend(split(packed, TOKEN_SIZE))
         return tokens
 
     def _filter_keys(self, pool: ProcessPoolExecutor, values: np.ndarray) -> bytes:
@@ -223,7 +217,7 @@ class Publisher:
             canonical_bytes(values[start : start + _WORK_ITEMS])
             for start in range(0, len(values), _WORK_ITEMS)
         ]
-        return b"".join(pool.map(_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
+        return b"".join(pool.map(_evaluate_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
 
     def _build_filter(self, pool: ProcessPoolExecutor, keys: bytes, count: int) -> bytes:
         combined = bloom.empty(count)

@@ -13,6 +13,8 @@ from typing import Final
 
 import numpy as np
 
+from ndop_client.packing import hash_each
+
 TOKEN_SIZE: Final = 16
 _PERSON: Final = b"ndop-token-v1"
 
@@ -23,14 +25,7 @@ class Tokenizer:
 
     def tokens(self, packed_digests: bytes, digest_size: int) -> bytes:
         """Concatenated tokens for concatenated digests, in order."""
-        copy = self._base.copy
-        view = memoryview(packed_digests)
-        out = []
-        for start in range(0, len(view), digest_size):
-            h = copy()
-            h.update(view[start : start + digest_size])
-            out.append(h.digest())
-        return b"".join(out)
+        return hash_each(self._base, packed_digests, digest_size)
 
 
 def index_keys(packed_tokens: bytes) -> np.ndarray:

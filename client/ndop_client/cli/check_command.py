@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ndop_client import receipts, report
+from ndop_client import report
 from ndop_client.client import MODES, Client
 from ndop_client.errors import UsageError
 from ndop_client.progress import for_stream
@@ -72,14 +72,7 @@ def run_check(args: argparse.Namespace) -> int:
             purpose=args.purpose,
             progress=for_stream(sys.stderr),
         )
-    result = report.build(check, args.purpose)
-    summary = check.classified.outcome.summary
-    if summary is not None and summary.HasField("receipt"):
-        receipt_path = receipt_path_for(args.report or args.out)
-        receipts.write(summary.receipt, receipt_path)
-        result["receipt"] = str(receipt_path)
-    if args.report:
-        report.write(result, args.report)
+    result = report.save(check, args.purpose, args.report)
     for line in report.summary_lines(result):
         print(line)
     if "receipt" in result:
@@ -94,9 +87,3 @@ def _require_writable_directory(option: str, path: Path) -> None:
         raise UsageError(
             f"{option} {path}: directory {directory} does not exist or is not writable"
         )
-
-
-def receipt_path_for(beside: Path) -> Path:
-    """report.json -> report.receipt.json; cleared.dat -> cleared.dat.receipt.json"""
-    stem = beside.stem if beside.suffix == ".json" else beside.name
-    return beside.with_name(f"{stem}.receipt.json")
