@@ -26,7 +26,7 @@ def preflight() -> str | None:
     except ImportError:
         return "psutil is not installed: pip install 'psutil>=5.9' (the `bench` extra)"
     try:
-        importlib.import_module("ndop_client.proto.ndop_pb2")
+        importlib.import_module("ndop_core.proto.ndop_pb2")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return (

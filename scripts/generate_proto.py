@@ -1,7 +1,7 @@
-"""Generate the Python stubs for proto/ndop/v1 into client/ndop_client/proto/.
+"""Generate the Python stubs for proto/ndop/v1 into core/ndop_core/proto/.
 
 protoc writes absolute imports (`from ndop.v1 import ndop_pb2`); the stubs live inside the
-ndop_client package, so the one import line is made relative. Nothing else is touched.
+ndop_core package, so the one import line is made relative. Nothing else is touched.
 Usage: python scripts/generate_proto.py [OUTPUT_DIR]
 """
 
@@ -16,7 +16,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"
 PROTO_FILE = PROTO_ROOT / "ndop" / "v1" / "ndop.proto"
-DEFAULT_OUT = ROOT / "client" / "ndop_client" / "proto"
+DEFAULT_OUT = ROOT / "core" / "ndop_core" / "proto"
 GENERATED = ("ndop_pb2.py", "ndop_pb2.pyi", "ndop_pb2_grpc.py")
 
 

@@ -33,10 +33,10 @@ from ndop_client import (
     ServiceError,
     UsageError,
 )
-from ndop_client.crypto import oprf
-from ndop_client.hashing import Hasher
-from ndop_client.nhs_number import canonical_bytes
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.crypto import oprf
+from ndop_core.hashing import Hasher
+from ndop_core.nhs_number import canonical_bytes
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts, AuditRecord
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.server import ServerTls, start_server

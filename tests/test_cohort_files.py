@@ -20,9 +20,10 @@ import pytest
 from ndop_client import Client, InputError, ServerUnavailable
 from ndop_client import report as report_module
 from ndop_client.check import FileCheck, check_file
-from ndop_client.cohort import Chunk, ClearedWriter, CohortFile, Format
+from ndop_client.cleared import ClearedWriter
 from ndop_client.matching import MatchOutcome
-from ndop_client.nhs_number import InvalidReason, with_check_digit
+from ndop_core.cohort_files import Chunk, CohortFile, Format
+from ndop_core.nhs_number import InvalidReason, with_check_digit
 from ndop_server.synthetic import valid_numbers
 from tests.conftest import Register
 

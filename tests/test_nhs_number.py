@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ndop_client.nhs_number import (
+from ndop_core.nhs_number import (
     INVALID,
     InvalidReason,
     canonical,

@@ -35,9 +35,9 @@ import grpc
 import pytest
 
 from ndop_client import Client, NdopError
-from ndop_client.crypto import oprf
-from ndop_client.hashing import DIGEST_SIZE, Hasher
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.crypto import oprf
+from ndop_core.hashing import DIGEST_SIZE, Hasher
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server import keys as keyfile
 from ndop_server.matching import MAX_BATCH_ITEMS
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers

@@ -16,9 +16,9 @@ import pytest
 
 import ndop_client.client as client_module
 from ndop_client import Client, IntegrityError, Status
-from ndop_client.nhs_number import check_digit
-from ndop_client.proto import ndop_pb2_grpc
 from ndop_client.transport import open_channel as transport_open_channel
+from ndop_core.nhs_number import check_digit
+from ndop_core.proto import ndop_pb2_grpc
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
 from ndop_server.register import Publisher

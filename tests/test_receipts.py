@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from ndop_client import Client, ReceiptInvalid
-from ndop_client import receipts as receipt_file
-from ndop_client.hashing import Hasher
 from ndop_client.matching import HASHED_BATCH_ITEMS, batch_bounds
-from ndop_client.nhs_number import canonical_bytes, parse_values
-from ndop_client.proto import ndop_pb2
+from ndop_core import receipts as receipt_file
+from ndop_core.hashing import Hasher
+from ndop_core.nhs_number import canonical_bytes, parse_values
+from ndop_core.proto import ndop_pb2
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
 from ndop_server.receipts import ReceiptSigner

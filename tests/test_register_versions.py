@@ -21,9 +21,9 @@ import pytest
 
 from ndop_client import Client, Status
 from ndop_client.cli.main import main as ndop_main
-from ndop_client.crypto import oprf
-from ndop_client.hashing import DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import canonical_bytes
+from ndop_core.crypto import oprf
+from ndop_core.hashing import DIGEST_SIZE, Hasher
+from ndop_core.nhs_number import canonical_bytes
 from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import INDEX_ARTIFACT, Publisher

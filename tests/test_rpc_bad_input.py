@@ -19,10 +19,10 @@ import rbcl
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ndop_client.crypto import oprf
-from ndop_client.hashing import DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import canonical_bytes
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.crypto import oprf
+from ndop_core.hashing import DIGEST_SIZE, Hasher
+from ndop_core.nhs_number import canonical_bytes
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.matching import MAX_BATCH_ITEMS
 from ndop_server.server import MAX_MESSAGE_BYTES, start_server

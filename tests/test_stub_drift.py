@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_ROOT = ROOT / "proto"

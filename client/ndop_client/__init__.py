@@ -11,9 +11,11 @@ import os
 # errors here are reported as one sentence instead. Read when gRPC loads, so set before it.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from ndop_client.check import CheckResult, InvalidRow, Status
+from ndop_client.check import CheckResult, Status
 from ndop_client.client import Client
-from ndop_client.errors import (
+from ndop_client.register_info import RegisterInfo
+from ndop_core.cohort_files import InvalidRow
+from ndop_core.errors import (
     AuthenticationFailed,
     InputError,
     IntegrityError,
@@ -26,7 +28,6 @@ from ndop_client.errors import (
     ServiceError,
     UsageError,
 )
-from ndop_client.register_info import RegisterInfo
 
 __all__ = [
     "AuthenticationFailed",

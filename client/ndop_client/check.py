@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ndop_client.cohort import Chunk, ClearedWriter, CohortFile
+from ndop_client.cleared import ClearedWriter
 from ndop_client.matching import MatchOutcome
-from ndop_client.nhs_number import INVALID, InvalidReason, parse_values
+from ndop_core.cohort_files import CohortFile, InvalidRow, invalid_rows, parse_chunk
+from ndop_core.nhs_number import INVALID, parse_values
 
 Matcher = Callable[[np.ndarray], MatchOutcome]
 
@@ -28,13 +29,6 @@ class Status(StrEnum):
     CLEARED = "cleared"
     OPTED_OUT = "opted_out"
     INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class InvalidRow:
-    line: int
-    """Line number in a file (1-based), or position in a sequence (0-based)."""
-    reason: str
 
 
 @dataclass
@@ -178,25 +172,3 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
         "total_s": written - started,
     }
     return FileCheck(mode, cohort, out, classified, timings)
-
-
-def parse_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, list[InvalidRow]]:
-    """(values, blank-row mask, invalid rows) of one chunk of a cohort file."""
-    values, reasons = parse_values(chunk.texts)
-    if chunk.blank is None:
-        blank = np.zeros(len(values), dtype=bool)
-        blank[[p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]] = True
-    else:
-        blank = np.asarray(chunk.blank, dtype=bool)
-    return values, blank, invalid_rows(reasons, chunk.line_numbers, blank)
-
-
-def invalid_rows(
-    reasons: dict[int, InvalidReason], line_numbers: Sequence[int], blank: np.ndarray
-) -> list[InvalidRow]:
-    """The rows `parse_values` found invalid, by line; blank rows are not invalid."""
-    return [
-        InvalidRow(line_numbers[position], str(reason))
-        for position, reason in sorted(reasons.items())
-        if not blank[position]
-    ]

@@ -20,17 +20,17 @@ import grpc
 import numpy as np
 
 from ndop_client.check import CheckResult, FileCheck, check_file, check_sequence
-from ndop_client.cohort import CohortFile
-from ndop_client.errors import UsageError
 from ndop_client.filter_cache import default_cache_dir
 from ndop_client.hashed_mode import match_hashed
 from ndop_client.matching import MatchOutcome
 from ndop_client.private_mode import match_private
 from ndop_client.progress import NoProgress, Progress
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
-from ndop_client.purposes import PURPOSES
 from ndop_client.register_info import RegisterInfo
 from ndop_client.transport import TlsSettings, open_channel, translate
+from ndop_core.cohort_files import CohortFile
+from ndop_core.errors import UsageError
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.purposes import PURPOSES
 
 Mode = Literal["private", "hashed"]
 MODES: tuple[Mode, ...] = ("private", "hashed")

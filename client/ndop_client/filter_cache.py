@@ -18,9 +18,9 @@ from pathlib import Path
 
 import grpc
 
-from ndop_client.errors import IntegrityError, RequestRejected
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_client.register_info import RegisterInfo
+from ndop_core.errors import IntegrityError, RequestRejected
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,20 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ndop_client.errors import RequestRejected
-from ndop_client.hashing import Hasher
 from ndop_client.matching import (
     HASHED_BATCH_ITEMS,
     MatchOutcome,
     batch_bounds,
     expect_batch,
     require_complete,
-    unpack_bits,
 )
-from ndop_client.nhs_number import canonical_bytes
 from ndop_client.progress import Progress
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_client.register_info import RegisterInfo
+from ndop_core.errors import RequestRejected
+from ndop_core.hashing import Hasher
+from ndop_core.nhs_number import canonical_bytes
+from ndop_core.packing import unpack_bits
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 
 def match_hashed(

@@ -8,8 +8,8 @@ from typing import Final
 
 import numpy as np
 
-from ndop_client.errors import RequestRejected
-from ndop_client.proto import ndop_pb2
+from ndop_core.errors import RequestRejected
+from ndop_core.proto import ndop_pb2
 
 HASHED_BATCH_ITEMS: Final = 32768
 """Digests per hashed-mode message (1 MiB): larger batches cut per-message overhead."""
@@ -50,13 +50,3 @@ def require_complete(
     if summary is None:
         raise RequestRejected("the server ended the check without a summary")
     return summary
-
-
-def unpack_bits(packed: bytes, count: int) -> np.ndarray:
-    return np.unpackbits(
-        np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little"
-    ).astype(bool)
-
-
-def pack_bits(flags: np.ndarray) -> bytes:
-    return np.packbits(flags.astype(bool), bitorder="little").tobytes()

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ndop_client import private_workers
-from ndop_client.crypto import oprf
-from ndop_client.errors import IntegrityError, RequestRejected
 from ndop_client.filter_cache import cached_filter, fetch_filter
 from ndop_client.matching import (
     PRIVATE_BATCH_ITEMS,
@@ -25,10 +23,12 @@ from ndop_client.matching import (
     expect_batch,
     require_complete,
 )
-from ndop_client.nhs_number import canonical_bytes
 from ndop_client.progress import Progress
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_client.register_info import RegisterInfo
+from ndop_core.crypto import oprf
+from ndop_core.errors import IntegrityError, RequestRejected
+from ndop_core.nhs_number import canonical_bytes
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 
 def match_private(

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pybloom_live import BloomFilter
+from ndop_core import filter as published_filter
+from ndop_core.crypto import oprf
+from ndop_core.errors import RequestRejected
+from ndop_core.hashing import CANONICAL_SIZE
+from ndop_core.packing import split
 
-from ndop_client import bloom
-from ndop_client.crypto import oprf
-from ndop_client.hashing import CANONICAL_SIZE
-from ndop_client.packing import split
-
-_loaded: tuple[Path, BloomFilter] | None = None
+_loaded: tuple[Path, published_filter.BloomFilter] | None = None
 
 
 def blind(canonical_blob: bytes) -> tuple[bytes, bytes]:
@@ -30,8 +29,13 @@ def unblind_and_test(
     """Finalize each evaluated element and test it against the filter: one flag byte each."""
     global _loaded
     if _loaded is None or _loaded[0] != filter_path:
-        _loaded = (filter_path, bloom.deserialize(filter_path.read_bytes()))
+        _loaded = (filter_path, published_filter.BloomFilter(filter_path.read_bytes()))
     inputs = split(canonical_blob, CANONICAL_SIZE)
-    outputs = oprf.finalize_batch(inputs, split(blinds, oprf.SCALAR_SIZE), evaluated)
-    members = _loaded[1]
-    return bytes(bloom.filter_key(output) in members for output in outputs)
+    try:
+        outputs = oprf.finalize_batch(inputs, split(blinds, oprf.SCALAR_SIZE), evaluated)
+    except oprf.InvalidElementError:
+        raise RequestRejected(
+            "the server answered with an element that is not a valid ristretto255 encoding"
+        ) from None
+    keys = [published_filter.filter_key(output) for output in outputs]
+    return _loaded[1].contains(keys).astype("u1").tobytes()

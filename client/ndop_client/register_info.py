@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ndop_client.proto import ndop_pb2
+from ndop_core.proto import ndop_pb2
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ndop_client import receipts
 from ndop_client.check import FileCheck
-from ndop_client.files import write_json_atomically
+from ndop_core import receipts
+from ndop_core.files import write_json_atomically
 
 
 def build(check: FileCheck, purpose: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Final
 
 import grpc
 
-from ndop_client.errors import (
+from ndop_core.errors import (
     AuthenticationFailed,
     NdopError,
     PermissionDenied,

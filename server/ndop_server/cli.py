@@ -1,4 +1,4 @@
-"""Operator commands, plugged into `ndop` (see ndop_client.cli.main)."""
+"""Operator commands, plugged into `ndop` through the `ndop.commands` entry point."""
 
 from __future__ import annotations
 

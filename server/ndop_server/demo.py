@@ -3,26 +3,31 @@
 Makes register keys, loads a snapshot, adds an organisation, starts a server on a loopback
 port, checks a messy cohort file in private mode (and hashed mode), applies a change set that
 the running server picks up, verifies the signed receipt, shows the audit log and prints the
-report.
+report. The operator's steps run here; the research organisation's run as the real
+`ndop check` command in a child process, as a researcher would type it (the server never
+imports the client SDK).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 
-from ndop_client import receipts, report
-from ndop_client.client import MODES, Client, Mode
-from ndop_client.progress import for_stream
+from ndop_core import receipts
 from ndop_server import keys as keyfile
 from ndop_server.accounts import DEFAULT_DAILY_QUOTA, Accounts
+from ndop_server.errors import ConfigurationError
 from ndop_server.logs import configure
 from ndop_server.register import Publisher
+from ndop_server.register_view import RegisterHolder
 from ndop_server.server import start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers
@@ -60,6 +65,9 @@ def write_demo_files(directory: Path, seed: int = 7) -> tuple[Path, Path, Path]:
     return snapshot, cohort_file, changes
 
 
+MODES: Final = ("private", "hashed")
+
+
 def run_demo(directory: Path, modes: str) -> int:
     configure("console", level="warning")
     if directory.exists():
@@ -88,29 +96,27 @@ def run_demo(directory: Path, modes: str) -> int:
     server = f"127.0.0.1:{running.port}"
     print(f"{next(steps)}. ndop serve --listen {server} --insecure  (loopback only, for the demo)")
     chosen = [mode for mode in MODES if modes in (mode, "both")]
+    researcher = _Researcher(directory, server, token)
     try:
-        with Client(server, insecure=True, token=token, purpose="research") as client:
-            for mode in chosen:
-                print(
-                    f"{next(steps)}. ndop check {cohort.name} --mode {mode} --purpose research "
-                    f"--out cleared-{mode}.dat --report report-{mode}.json"
-                )
-                _check(client, cohort, directory, mode, mode)
-            if len(chosen) == 2:
-                same = (directory / "cleared-private.dat").read_bytes() == (
-                    directory / "cleared-hashed.dat"
-                ).read_bytes()
-                print(f"   private and hashed cleared files identical: {same}")
+        for mode in chosen:
+            print(
+                f"{next(steps)}. ndop check {cohort.name} --mode {mode} --purpose research "
+                f"--out cleared-{mode}.dat --report report-{mode}.json"
+            )
+            researcher.check(cohort, mode, mode)
+        if len(chosen) == 2:
+            same = (directory / "cleared-private.dat").read_bytes() == (
+                directory / "cleared-hashed.dat"
+            ).read_bytes()
+            print(f"   private and hashed cleared files identical: {same}")
 
-            print(f"{next(steps)}. ndop register apply --remove {withdrawn.name}  (20 withdrawn)")
-            with Store(store_path) as store:
-                record = Publisher(store, keys).apply_changes(None, withdrawn).record
-            deadline = time.monotonic() + 10
-            while client.info().version != record.version and time.monotonic() < deadline:
-                time.sleep(0.1)
-            print(f"   the running server now answers from version {client.info().version}")
-            print(f"{next(steps)}. ndop check {cohort.name} again")
-            _check(client, cohort, directory, chosen[0], "after-change")
+        print(f"{next(steps)}. ndop register apply --remove {withdrawn.name}  (20 withdrawn)")
+        with Store(store_path) as store:
+            record = Publisher(store, keys).apply_changes(None, withdrawn).record
+        _wait_for_version(running.holder, record.version)
+        print(f"   the running server now answers from version {record.version}")
+        print(f"{next(steps)}. ndop check {cohort.name} again")
+        researcher.check(cohort, chosen[0], "after-change")
 
         receipt = directory / f"report-{chosen[0]}.receipt.json"
         print(f"{next(steps)}. ndop receipt verify {receipt.name} --public-key $(ndop keys public)")
@@ -137,10 +143,47 @@ def run_demo(directory: Path, modes: str) -> int:
     return 0
 
 
-def _check(client: Client, cohort: Path, directory: Path, mode: Mode, name: str) -> None:
-    check = client.check_file(
-        cohort, directory / f"cleared-{name}.dat", mode=mode, progress=for_stream()
-    )
-    result = report.save(check, "research", directory / f"report-{name}.json")
-    for line in report.summary_lines(result):
-        print(f"   {line}")
+def _wait_for_version(holder: RegisterHolder, version: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = holder.current
+        if current is not None and current.version >= version:
+            return
+        time.sleep(0.05)
+    raise ConfigurationError(f"the demo server did not pick up version {version} in time")
+
+
+class _Researcher:
+    """Runs `ndop check` as a research organisation would, with its token in the environment."""
+
+    def __init__(self, directory: Path, server: str, token: str) -> None:
+        self._directory = directory
+        self._server = server
+        self._env = {**os.environ, "NDOP_TOKEN": token}
+
+    def check(self, cohort: Path, mode: str, name: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "ndop_client",
+            "check",
+            str(cohort),
+            "--server",
+            self._server,
+            "--insecure",
+            "--mode",
+            mode,
+            "--purpose",
+            "research",
+            "--out",
+            str(self._directory / f"cleared-{name}.dat"),
+            "--report",
+            str(self._directory / f"report-{name}.json"),
+        ]
+        done = subprocess.run(command, env=self._env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ConfigurationError(
+                f"the demo's ndop check failed (exit {done.returncode}): {done.stderr.strip()}"
+            )
+        for line in done.stdout.splitlines():
+            print(f"   {line}")

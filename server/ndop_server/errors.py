@@ -3,7 +3,7 @@ to one sentence and an exit code the same way."""
 
 from __future__ import annotations
 
-from ndop_client.errors import NdopError, UsageError
+from ndop_core.errors import NdopError, UsageError
 
 
 class ConfigurationError(UsageError):

@@ -21,8 +21,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ndop_client.crypto import oprf
-from ndop_client.hashing import SALT_SIZE
+from ndop_core.crypto import oprf
+from ndop_core.hashing import SALT_SIZE
 from ndop_server.errors import ConfigurationError
 
 FORMAT: Final = "ndop-keys/1"

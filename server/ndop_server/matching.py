@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from ndop_client.crypto import oprf
-from ndop_client.hashing import DIGEST_SIZE
-from ndop_client.matching import pack_bits
+from ndop_core.crypto import oprf
+from ndop_core.hashing import DIGEST_SIZE
+from ndop_core.packing import pack_bits
 from ndop_server.register_view import RegisterView
 from ndop_server.tokens import Tokenizer, index_keys
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ndop_client.proto import ndop_pb2
-from ndop_client.receipts import key_id
+from ndop_core.proto import ndop_pb2
+from ndop_core.receipts import key_id
 
 
 class ReceiptSigner:

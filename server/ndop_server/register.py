@@ -2,7 +2,7 @@
 
 For every opted-out number y the store keeps two keyed values and nothing else:
 - its token: the client's hashed-mode digest keyed with the store key (see tokens.py);
-- its filter key: the first 32 bytes of the OPRF output F_k(y) (see ndop_client.bloom).
+- its filter key: the first 32 bytes of the OPRF output F_k(y) (see ndop_core.filter).
 Each version publishes two artifacts built from its members: the sorted 64-bit index the
 server answers hashed mode from, and the Bloom filter private-mode clients download.
 
@@ -26,13 +26,13 @@ from typing import Final
 import numpy as np
 import structlog
 
-from ndop_client import bloom
-from ndop_client.check import InvalidRow, parse_chunk
-from ndop_client.cohort import CohortFile
-from ndop_client.crypto import oprf
-from ndop_client.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
-from ndop_client.nhs_number import INVALID, canonical_bytes, distinct
-from ndop_client.packing import split
+from ndop_core import filter as published_filter
+from ndop_core.cohort_files import CohortFile, InvalidRow, parse_chunk
+from ndop_core.crypto import oprf
+from ndop_core.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
+from ndop_core.nhs_number import INVALID, canonical_bytes, distinct
+from ndop_core.packing import split
+from ndop_server import filter_builder
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.store import Store, VersionRecord
@@ -78,13 +78,15 @@ def read_numbers(path: Path) -> NumberFile:
 
 def _evaluate_filter_keys(oprf_key: bytes, canonical_blob: bytes) -> bytes:
     outputs = oprf.evaluate_input_batch(oprf_key, split(canonical_blob, CANONICAL_SIZE))
-    return b"".join(output[: bloom.KEY_BYTES] for output in outputs)
+    return b"".join(output[: published_filter.KEY_BYTES] for output in outputs)
 
 
 def _bloom_shard(capacity: int, keys_blob: bytes) -> tuple[bytes, int]:
-    shard = bloom.empty(capacity)
-    bloom.add_all(shard, (key.hex() for key in split(keys_blob, bloom.KEY_BYTES)))
-    return shard.bitarray.tobytes(), len(keys_blob) // bloom.KEY_BYTES
+    shard = filter_builder.empty(capacity)
+    filter_builder.add_all(
+        shard, (key.hex() for key in split(keys_blob, published_filter.KEY_BYTES))
+    )
+    return shard.bitarray.tobytes(), len(keys_blob) // published_filter.KEY_BYTES
 
 
 class Publisher:
@@ -165,7 +167,7 @@ class Publisher:
         added = sorted(
             zip(
                 (tokens[p] for p in new_positions),
-                split(new_keys, bloom.KEY_BYTES),
+                split(new_keys, published_filter.KEY_BYTES),
                 strict=True,
             )
         )
@@ -220,13 +222,13 @@ class Publisher:
         return b"".join(pool.map(_evaluate_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
 
     def _build_filter(self, pool: ProcessPoolExecutor, keys: bytes, count: int) -> bytes:
-        combined = bloom.empty(count)
+        combined = filter_builder.empty(count)
         entries_per_shard = -(-count // self._workers) or 1
-        shard_bytes = entries_per_shard * bloom.KEY_BYTES
+        shard_bytes = entries_per_shard * published_filter.KEY_BYTES
         shards = [keys[i : i + shard_bytes] for i in range(0, len(keys), shard_bytes)]
         for bits, shard_count in pool.map(_bloom_shard, [max(count, 1)] * len(shards), shards):
-            bloom.merge(combined, bits, shard_count)
-        return bloom.serialize(combined)
+            filter_builder.merge(combined, bits, shard_count)
+        return filter_builder.serialize(combined)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys

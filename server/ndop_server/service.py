@@ -14,10 +14,10 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ndop_client import bloom
-from ndop_client.crypto import oprf
-from ndop_client.hashing import DIGEST_SIZE, SCHEME
-from ndop_client.proto import ndop_pb2, ndop_pb2_grpc
+from ndop_core import filter as published_filter
+from ndop_core.crypto import oprf
+from ndop_core.hashing import DIGEST_SIZE, SCHEME
+from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.access import AccessDenied, Gatekeeper
 from ndop_server.accounts import Accounts, Mode, Organisation, QuotaExhausted
 from ndop_server.keys import RegisterKeys
@@ -171,10 +171,10 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 suite=oprf.SUITE_NAME,
                 key_id=record.key_id,
                 element_size=oprf.ELEMENT_SIZE,
-                filter_scheme=bloom.SCHEME,
+                filter_scheme=published_filter.SCHEME,
                 filter_size=record.filter_size,
                 filter_sha256=record.filter_sha256,
-                filter_false_positive_rate=bloom.FALSE_POSITIVE_RATE,
+                filter_false_positive_rate=published_filter.FALSE_POSITIVE_RATE,
             ),
             max_batch_items=MAX_BATCH_ITEMS,
         )
@@ -231,10 +231,10 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             register_version=record.version,
             count=record.count,
             key_id=record.key_id,
-            filter_scheme=bloom.SCHEME,
+            filter_scheme=published_filter.SCHEME,
             size=len(data),
             sha256=record.filter_sha256,
-            false_positive_rate=bloom.FALSE_POSITIVE_RATE,
+            false_positive_rate=published_filter.FALSE_POSITIVE_RATE,
         )
         for offset in range(0, max(len(data), 1), FILTER_CHUNK_BYTES):
             yield ndop_pb2.FilterChunk(

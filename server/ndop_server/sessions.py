@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ndop_client.proto import ndop_pb2
-from ndop_client.purposes import PURPOSES
-from ndop_client.receipts import FORMAT as RECEIPT_FORMAT
+from ndop_core.proto import ndop_pb2
+from ndop_core.purposes import PURPOSES
+from ndop_core.receipts import FORMAT as RECEIPT_FORMAT
 from ndop_server.accounts import (
     Accounts,
     AuditRecord,

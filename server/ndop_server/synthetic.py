@@ -12,7 +12,7 @@ from typing import Final, Literal
 
 import numpy as np
 
-from ndop_client.nhs_number import _POWERS_OF_TEN, _WEIGHT_VECTOR, distinct
+from ndop_core.nhs_number import _POWERS_OF_TEN, _WEIGHT_VECTOR, distinct
 
 Range = Literal["999", "9"]
 _PREFIX_BOUNDS: Final = {"999": (999_000_000, 1_000_000_000), "9": (900_000_000, 1_000_000_000)}

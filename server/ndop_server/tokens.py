@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from ndop_client.packing import hash_each
+from ndop_core.packing import hash_each
 
 TOKEN_SIZE: Final = 16
 _PERSON: Final = b"ndop-token-v1"

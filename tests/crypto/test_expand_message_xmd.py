@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ndop_client.crypto.xmd import expand_message_xmd, expander
+from ndop_core.crypto.xmd import expand_message_xmd, expander
 from tests.vectors import load_json
 
 FILES = {

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ndop_client.crypto import oprf
+from ndop_core.crypto import oprf
 
 SK = oprf.generate_secret_key()
 inputs_st = st.binary(max_size=40)

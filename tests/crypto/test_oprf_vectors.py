@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ndop_client.crypto import oprf
+from ndop_core.crypto import oprf
 from tests.vectors import load_json
 
 VECTOR_FILE = "oprf/ristretto255-SHA512.json"

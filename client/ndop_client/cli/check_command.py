@@ -10,9 +10,9 @@ from typing import Any
 
 from ndop_client import report
 from ndop_client.client import MODES, Client
-from ndop_client.errors import UsageError
 from ndop_client.progress import for_stream
-from ndop_client.purposes import PURPOSES
+from ndop_core.errors import UsageError
+from ndop_core.purposes import PURPOSES
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

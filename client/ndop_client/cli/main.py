@@ -12,10 +12,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 from ndop_client.cli.check_command import add_check_command
 from ndop_client.cli.receipt_command import add_receipt_command
-from ndop_client.errors import NdopError
+from ndop_core.errors import NdopError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,8 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_command(commands)
     add_receipt_command(commands)
     for plugin in entry_points(group="ndop.commands"):
-        plugin.load()(commands)
+        try:
+            register = plugin.load()
+        except ImportError:
+            _add_missing_server_commands(commands)
+        else:
+            register(commands)
     return parser
+
+
+OPERATOR_COMMANDS = ("keys", "register", "serve", "org", "audit", "store", "dev-certs", "demo")
+
+
+def _add_missing_server_commands(commands: Any) -> None:
+    """Operator commands answer with how to install them when only the client is installed."""
+
+    def missing(args: argparse.Namespace) -> int:
+        raise UsageError(
+            f"'ndop {args.command}' is an operator command and the server is not installed: "
+            "pip install 'ndop[server]'"
+        )
+
+    for name in OPERATOR_COMMANDS:
+        parser = commands.add_parser(name, help="operator command (needs ndop[server])")
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.set_defaults(handler=missing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

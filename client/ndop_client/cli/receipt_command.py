@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ndop_client import receipts
+from ndop_core import receipts
 
 
 def add_receipt_command(commands: Any) -> None:

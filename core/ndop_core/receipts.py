@@ -18,9 +18,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from ndop_client.errors import ReceiptInvalid, UsageError
-from ndop_client.files import write_json_atomically
-from ndop_client.proto import ndop_pb2
+from ndop_core.errors import ReceiptInvalid, UsageError
+from ndop_core.files import write_json_atomically
+from ndop_core.proto import ndop_pb2
 
 FORMAT: Final = "ndop-receipt/1"
 

@@ -1,4 +1,4 @@
-"""One exception hierarchy for everything the SDK and the CLI raise.
+"""One exception hierarchy for everything ndop raises to a person: SDK, CLI and operator tools.
 
 Every message is one sentence meant for a person, and never carries an NHS number, a digest or
 a group element: callers may log or print it as it is.
@@ -47,6 +47,14 @@ class QuotaExceeded(ServiceError):
 
 class RequestRejected(ServiceError):
     """The server refused a request as malformed or out of step (a protocol error)."""
+
+
+class UnsupportedServer(ServiceError):
+    """The server speaks a scheme, suite or size this implementation does not implement."""
+
+
+class FilterOutdated(RequestRejected):
+    """The server no longer holds the register version whose filter the client tests against."""
 
 
 class IntegrityError(ServiceError):

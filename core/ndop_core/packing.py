@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 
 class _Hash(Protocol):
     def copy(self) -> _Hash: ...
@@ -26,3 +28,13 @@ def hash_each(base: _Hash, packed: bytes, size: int) -> bytes:
         h.update(view[start : start + size])
         out.append(h.digest())
     return b"".join(out)
+
+
+def unpack_bits(packed: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(
+        np.frombuffer(packed, dtype=np.uint8), count=count, bitorder="little"
+    ).astype(bool)
+
+
+def pack_bits(flags: np.ndarray) -> bytes:
+    return np.packbits(flags.astype(bool), bitorder="little").tobytes()

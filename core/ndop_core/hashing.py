@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from ndop_client.packing import hash_each
+from ndop_core.packing import hash_each
 
 SCHEME: Final = "ndop-sha256-v1"
 DOMAIN: Final = b"ndop-sha256-v1/nhs-number\x00"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import rbcl
 
-from ndop_client.crypto.xmd import expander
+from ndop_core.crypto.xmd import expander
 
 __all__ = [
     "CONTEXT_STRING",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ndop_client.errors import InputError
+from ndop_core.errors import InputError
 
 
 def write_json_atomically(data: Any, path: Path, what: str) -> None:

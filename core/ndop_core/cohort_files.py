@@ -1,21 +1,18 @@
-"""Cohort files: reading rows in chunks and writing the cleared rows back in the same format.
+"""Number files (cohorts and register inputs): reading rows in chunks, validating each chunk.
 
 Three formats, chosen by extension:
-- `.dat` (CfNDO): one number per line, written `9434765919,`; cleared rows are written
-  canonically;
-- `.csv`: a header row, the NHS number in one named column; cleared rows keep every column;
-- anything else: plain text, one number per line; cleared rows are written as they were.
+- `.dat` (CfNDO): one number per line, written `9434765919,`;
+- `.csv`: a header row, the NHS number in one named column;
+- anything else: plain text, one number per line.
 
-Files are read as UTF-8 with an optional BOM; LF and CRLF line ends are both accepted and the
-cleared file keeps the input's. Blank lines are skipped, not reported as invalid.
+Files are read as UTF-8 with an optional BOM; LF and CRLF line ends are both accepted.
+Blank lines are skipped, not reported as invalid.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,8 +22,8 @@ from typing import IO, Final
 
 import numpy as np
 
-from ndop_client.errors import InputError
-from ndop_client.nhs_number import canonical_bytes
+from ndop_core.errors import InputError
+from ndop_core.nhs_number import InvalidReason, parse_values
 
 CHUNK_ROWS: Final = 65536
 _DEFAULT_COLUMN_PATTERN: Final = re.compile(r"^\s*nhs[\s_-]*(number|no|num)?\s*$", re.IGNORECASE)
@@ -146,46 +143,30 @@ class CohortFile:
             yield Chunk(texts, line_numbers, rows, blank)
 
 
-class ClearedWriter:
-    """Writes cleared rows to a temporary file that replaces OUT only when complete."""
+@dataclass(frozen=True)
+class InvalidRow:
+    line: int
+    """Line number in a file (1-based), or position in a sequence (0-based)."""
+    reason: str
 
-    def __init__(self, cohort: CohortFile, out: Path) -> None:
-        self._cohort = cohort
-        self._out = out
-        directory = out.parent if str(out.parent) else Path(".")
-        try:
-            fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
-        except OSError as exc:
-            raise InputError(f"cannot write output {out}: {exc.strerror}") from exc
-        self._temp = Path(temp_name)
-        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._handle, lineterminator=cohort.newline)
-        if cohort.header is not None:
-            self._csv.writerow(cohort.header)
 
-    def write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
-        """Write the rows of `chunk` where `keep` is true; `values` are the rows' numbers."""
-        positions = np.flatnonzero(keep).tolist()
-        newline = self._cohort.newline
-        if self._cohort.format is Format.DAT:
-            suffix = f",{newline}".encode("ascii")
-            self._handle.write(canonical_bytes(values[keep], suffix).decode("ascii"))
-        elif self._cohort.format is Format.CSV:
-            rows = chunk.records
-            self._csv.writerows(rows[i] for i in positions)
-        else:
-            lines_in = chunk.records
-            self._handle.write(
-                "".join(
-                    line if line.endswith("\n") else f"{line}{newline}"
-                    for line in (str(lines_in[i]) for i in positions)
-                )
-            )
+def parse_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, list[InvalidRow]]:
+    """(values, blank-row mask, invalid rows) of one chunk of a cohort file."""
+    values, reasons = parse_values(chunk.texts)
+    if chunk.blank is None:
+        blank = np.zeros(len(values), dtype=bool)
+        blank[[p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]] = True
+    else:
+        blank = np.asarray(chunk.blank, dtype=bool)
+    return values, blank, invalid_rows(reasons, chunk.line_numbers, blank)
 
-    def commit(self) -> None:
-        self._handle.close()
-        os.replace(self._temp, self._out)
 
-    def abort(self) -> None:
-        self._handle.close()
-        self._temp.unlink(missing_ok=True)
+def invalid_rows(
+    reasons: dict[int, InvalidReason], line_numbers: Sequence[int], blank: np.ndarray
+) -> list[InvalidRow]:
+    """The rows `parse_values` found invalid, by line; blank rows are not invalid."""
+    return [
+        InvalidRow(line_numbers[position], str(reason))
+        for position, reason in sorted(reasons.items())
+        if not blank[position]
+    ]

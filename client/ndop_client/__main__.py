@@ -1,0 +1,5 @@
+"""`python -m ndop_client` is the `ndop` command."""
+
+from ndop_client.cli.main import main
+
+raise SystemExit(main())
