@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ndop_core.crypto.xmd import expand_message_xmd, expander
-from tests.vectors import load_json
+from tests.vector_files import load_json
 
 FILES = {
     "sha256": "hash-to-curve/expand_message_xmd_SHA256_38.json",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ndop_core.crypto import oprf
-from tests.vectors import load_json
+from tests.vector_files import load_json
 
 VECTOR_FILE = "oprf/ristretto255-SHA512.json"
 
