@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import ndop_client.client as client_module
 from ndop_client import Client, IntegrityError, Status
 from ndop_client.transport import open_channel as transport_open_channel
 from ndop_core.nhs_number import check_digit
-from ndop_core.proto import ndop_pb2_grpc
+from ndop_core.proto import ndop_pb2
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts
 from ndop_server.register import Publisher
@@ -26,6 +25,8 @@ from ndop_server.server import RunningServer, start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers
 from tests.conftest import Register, write_numbers
+from tests.relay import Hooks
+from tests.relay import relay as relay_to
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -294,58 +295,11 @@ def test_new_version_downloads_a_new_filter(
 # --- a changed OPRF key ------------------------------------------------------------------
 
 
-@dataclass
-class Tampering:
-    """What the relaying server changes in the real server's answers."""
-
-    batch_key_id: str | None = None
-    filter_key_id: str | None = None
-    evaluated: list[int] = field(default_factory=list)
-
-
-class _Relay(ndop_pb2_grpc.OptOutRegisterServicer):  # type: ignore[misc]
-    """Relays every call to the real server, changing key ids as told."""
-
-    def __init__(self, stub: Any, metadata: Metadata, tampering: Tampering) -> None:
-        self._stub = stub
-        self._metadata = metadata
-        self._tampering = tampering
-
-    def GetRegisterInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._stub.GetRegisterInfo(request, metadata=self._metadata)
-
-    def CheckHashed(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        yield from self._stub.CheckHashed(requests, metadata=self._metadata)
-
-    def GetFilter(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for chunk in self._stub.GetFilter(request, metadata=self._metadata):
-            if chunk.HasField("header") and self._tampering.filter_key_id is not None:
-                chunk.header.key_id = self._tampering.filter_key_id
-            yield chunk
-
-    def Evaluate(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        for response in self._stub.Evaluate(requests, metadata=self._metadata):
-            if response.HasField("batch"):
-                self._tampering.evaluated.append(response.batch.count)
-                if self._tampering.batch_key_id is not None:
-                    response.batch.key_id = self._tampering.batch_key_id
-            yield response
-
-
 @pytest.fixture
-def relay(shared: Shared) -> Iterator[tuple[str, Tampering]]:
-    tampering = Tampering()
-    upstream = grpc.insecure_channel(shared.address)
-    server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    relayed = _Relay(ndop_pb2_grpc.OptOutRegisterStub(upstream), shared.metadata, tampering)
-    ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(relayed, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", tampering
-    finally:
-        server.stop(None)
-        upstream.close()
+def relay(shared: Shared) -> Iterator[tuple[str, Hooks]]:
+    hooks = Hooks()
+    with relay_to(shared.address, shared.metadata, hooks) as address:
+        yield address, hooks
 
 
 def _other_key_id(register: Register) -> str:
@@ -354,28 +308,38 @@ def _other_key_id(register: Register) -> str:
 
 
 def test_relay_without_tampering_gives_the_right_answer(
-    shared: Shared, relay: tuple[str, Tampering], tmp_path: Path
+    shared: Shared, relay: tuple[str, Hooks], tmp_path: Path
 ) -> None:
     register = shared.register
-    relay_address, tampering = relay
+    relay_address, hooks = relay
     numbers = [_canonical(v) for v in register.opted_out[:20].tolist()]
     numbers += [_canonical(v) for v in register.not_opted_out[:20].tolist()]
     with shared.client(tmp_path / "cache", relay_address) as client:
         result = client.check(numbers, mode="private")
     assert result.statuses == [Status.OPTED_OUT] * 20 + [Status.CLEARED] * 20
-    assert tampering.evaluated == [40]
+    assert hooks.evaluated_counts == [40]
 
 
 @pytest.mark.parametrize("where", ["evaluated batch", "filter header"])
 def test_key_id_mismatch_raises_integrity_error(
-    shared: Shared, relay: tuple[str, Tampering], tmp_path: Path, where: str
+    shared: Shared, relay: tuple[str, Hooks], tmp_path: Path, where: str
 ) -> None:
     register = shared.register
-    relay_address, tampering = relay
+    relay_address, hooks = relay
+    other = _other_key_id(register)
+
+    def on_batch(response: ndop_pb2.EvaluateResponse) -> None:
+        if response.HasField("batch"):
+            response.batch.key_id = other
+
+    def on_chunk(chunk: ndop_pb2.FilterChunk) -> None:
+        if chunk.HasField("header"):
+            chunk.header.key_id = other
+
     if where == "evaluated batch":
-        tampering.batch_key_id = _other_key_id(register)
+        hooks.evaluated = on_batch
     else:
-        tampering.filter_key_id = _other_key_id(register)
+        hooks.filter_chunk = on_chunk
     numbers = [_canonical(v) for v in register.opted_out[:20].tolist()]
     numbers += [_canonical(v) for v in register.not_opted_out[:20].tolist()]
     with (

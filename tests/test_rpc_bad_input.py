@@ -93,7 +93,9 @@ class Rpc:
         return list(call)
 
     def evaluate(self, requests: list[Any], *, context: bool = True) -> list[Any]:
-        first = [ndop_pb2.EvaluateRequest(context=CONTEXT)] if context else []
+        named = ndop_pb2.CheckContext(register_version=self.info().version)
+        named.MergeFrom(CONTEXT)
+        first = [ndop_pb2.EvaluateRequest(context=named)] if context else []
         call = self.stub.Evaluate(iter(first + requests), metadata=self.metadata, timeout=TIMEOUT)
         return list(call)
 

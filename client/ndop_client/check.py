@@ -20,6 +20,7 @@ import numpy as np
 from ndop_client.cleared import ClearedWriter
 from ndop_client.matching import MatchOutcome
 from ndop_core.cohort_files import CohortFile, InvalidRow, invalid_rows, parse_chunk
+from ndop_core.errors import InputError
 from ndop_core.nhs_number import INVALID, parse_values
 
 Matcher = Callable[[np.ndarray], MatchOutcome]
@@ -159,7 +160,7 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
             writer.write(chunk, keep[offset:end], values[offset:end])
             offset = end
         if offset != len(values):
-            raise RuntimeError("the input file changed while it was being checked")
+            raise InputError("the input file changed while it was being checked")
     except BaseException:
         writer.abort()
         raise

@@ -28,7 +28,7 @@ from ndop_client.progress import NoProgress, Progress
 from ndop_client.register_info import RegisterInfo
 from ndop_client.transport import TlsSettings, open_channel, translate
 from ndop_core.cohort_files import CohortFile
-from ndop_core.errors import UsageError
+from ndop_core.errors import FilterOutdated, UsageError
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_core.purposes import PURPOSES
 
@@ -141,19 +141,33 @@ class Client:
                     return match_hashed(
                         self._stub, info, unique_values, context, self._metadata, progress
                     )
-                return match_private(
-                    self._stub,
-                    info,
-                    unique_values,
-                    context,
-                    self._metadata,
-                    progress,
-                    self._process_pool(),
-                    self._workers,
-                    self._cache_dir,
-                )
+                try:
+                    return self._match_private(info, unique_values, context, progress)
+                except FilterOutdated:
+                    # The server moved on while this client held an older filter: once more,
+                    # with the filter of the version it serves now.
+                    return self._match_private(self.info(), unique_values, context, progress)
 
         return match
+
+    def _match_private(
+        self,
+        info: RegisterInfo,
+        values: np.ndarray,
+        context: ndop_pb2.CheckContext,
+        progress: Progress,
+    ) -> MatchOutcome:
+        return match_private(
+            self._stub,
+            info,
+            values,
+            context,
+            self._metadata,
+            progress,
+            self._process_pool(),
+            self._workers,
+            self._cache_dir,
+        )
 
     def _process_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:

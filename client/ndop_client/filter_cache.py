@@ -18,8 +18,10 @@ from pathlib import Path
 
 import grpc
 
+from ndop_client.compatibility import require_filter_scheme
 from ndop_client.register_info import RegisterInfo
-from ndop_core.errors import IntegrityError, RequestRejected
+from ndop_core import filter as published_filter
+from ndop_core.errors import IntegrityError, RequestRejected, UnsupportedServer
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 
@@ -68,6 +70,11 @@ def fetch_filter(
     if not first.HasField("header") or header.register_version != version:
         chunks.cancel()
         raise RequestRejected("the server sent a filter for another register version")
+    try:
+        _require_usable(header, first.data)
+    except BaseException:
+        chunks.cancel()
+        raise
     path = _path(cache_dir, register_id, version, header.sha256)
     directory = path.parent
     described = CachedFilter(
@@ -99,6 +106,19 @@ def fetch_filter(
             chunks.cancel()
         raise
     return described
+
+
+def _require_usable(header: ndop_pb2.FilterHeader, first_data: bytes) -> None:
+    """Refuse, before downloading it, a filter this client could not test."""
+    require_filter_scheme(header.filter_scheme)
+    params = published_filter.FilterParameters.from_header(first_data)
+    if params.size != header.size:
+        raise IntegrityError("the filter's header does not match its announced size")
+    if published_filter.hash_name(params.num_slices, params.bits_per_slice) is None:
+        raise UnsupportedServer(
+            "the server publishes a filter hashed with XXH3-128, which this client does not "
+            "implement"
+        )
 
 
 def _chain(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 
+from ndop_client.compatibility import require_hashed
 from ndop_client.matching import (
     HASHED_BATCH_ITEMS,
+    ExpectedReceipt,
     MatchOutcome,
     batch_bounds,
     expect_batch,
     require_complete,
+    require_truthful_receipt,
 )
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
@@ -30,7 +34,9 @@ def match_hashed(
     metadata: tuple[tuple[str, str], ...],
     progress: Progress,
 ) -> MatchOutcome:
+    require_hashed(info)
     hasher = Hasher(info.salt, info.hashed_scheme)
+    submitted = hashlib.sha256()
     bounds = batch_bounds(
         len(values), min(HASHED_BATCH_ITEMS, info.max_batch_items or HASHED_BATCH_ITEMS)
     )
@@ -39,6 +45,7 @@ def match_hashed(
         yield ndop_pb2.HashedCheckRequest(context=context)
         for batch_id, (start, end) in enumerate(bounds):
             digests = hasher.digest_packed(canonical_bytes(values[start:end]))
+            submitted.update(digests)
             yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
 
     opted_out = np.zeros(len(values), dtype=bool)
@@ -67,9 +74,21 @@ def match_hashed(
     finally:
         progress.finish()
     summary = require_complete(answered, bounds, summary)
+    answered_from = version if version is not None else summary.register_version
+    require_truthful_receipt(
+        summary,
+        ExpectedReceipt(
+            register_id=info.register_id,
+            register_version=answered_from,
+            mode="hashed",
+            request_id=context.request_id,
+            items=len(values),
+            submitted_sha256=submitted.digest(),
+        ),
+    )
     return MatchOutcome(
         opted_out=opted_out,
-        register_version=version if version is not None else summary.register_version,
+        register_version=answered_from,
         register_count=summary.register_count,
         summary=summary,
     )

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from ndop_core.errors import RequestRejected
+from ndop_core.errors import IntegrityError, RequestRejected
 from ndop_core.proto import ndop_pb2
 
 HASHED_BATCH_ITEMS: Final = 32768
@@ -50,3 +51,45 @@ def require_complete(
     if summary is None:
         raise RequestRejected("the server ended the check without a summary")
     return summary
+
+
+@dataclass(frozen=True)
+class ExpectedReceipt:
+    """What the client knows a truthful receipt for its check must say."""
+
+    register_id: str
+    register_version: int
+    mode: str
+    request_id: str
+    items: int
+    submitted_sha256: bytes
+
+
+def require_truthful_receipt(summary: ndop_pb2.CheckSummary, expected: ExpectedReceipt) -> None:
+    """IntegrityError unless the summary and its signed receipt name the version every answer
+    came from and describe exactly what this client sent."""
+    try:
+        body = ndop_pb2.ReceiptBody.FromString(summary.receipt.body)
+    except DecodeError:
+        raise IntegrityError(
+            "the server's receipt is not a receipt; the check was discarded"
+        ) from None
+    if summary.register_version != expected.register_version or (
+        body.register_version != expected.register_version
+    ):
+        raise IntegrityError(
+            f"the server's receipt names register version {body.register_version} but the answers "
+            f"came from version {expected.register_version}; the check was discarded"
+        )
+    stated = (body.register_id, body.mode, body.request_id, body.items_checked)
+    if stated != (expected.register_id, expected.mode, expected.request_id, expected.items) or (
+        summary.items_checked != expected.items
+    ):
+        raise IntegrityError(
+            "the server's receipt does not describe this check (register, mode, request id or "
+            "count differ); the check was discarded"
+        )
+    if body.submitted_sha256 != expected.submitted_sha256:
+        raise IntegrityError(
+            "the server's receipt does not cover what this client sent; the check was discarded"
+        )

@@ -7,26 +7,31 @@ the one filter version downloaded at the start, whatever the server publishes me
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from ndop_client import private_workers
+from ndop_client.compatibility import require_private
 from ndop_client.filter_cache import cached_filter, fetch_filter
 from ndop_client.matching import (
     PRIVATE_BATCH_ITEMS,
+    ExpectedReceipt,
     MatchOutcome,
     batch_bounds,
     expect_batch,
     require_complete,
+    require_truthful_receipt,
 )
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
 from ndop_core.crypto import oprf
-from ndop_core.errors import IntegrityError, RequestRejected
+from ndop_core.errors import FilterOutdated, IntegrityError, RequestRejected
 from ndop_core.nhs_number import canonical_bytes
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
@@ -42,10 +47,14 @@ def match_private(
     workers: int,
     cache_dir: Path,
 ) -> MatchOutcome:
+    require_private(info)
     cached = cached_filter(cache_dir, info) or fetch_filter(
         stub, cache_dir, info.register_id, info.version, metadata
     )
+    if cached.key_id != info.oprf_key_id:
+        raise IntegrityError("the filter was made with another OPRF key than the server's")
     context.register_version = cached.register_version
+    submitted = hashlib.sha256()
     batch_items = min(PRIVATE_BATCH_ITEMS, info.max_batch_items or PRIVATE_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)
     window = 2 * workers + 2
@@ -60,13 +69,14 @@ def match_private(
         try:
             yield ndop_pb2.EvaluateRequest(context=context)
             pending: deque[Future[tuple[bytes, bytes]]] = deque()
-            submitted = 0
+            blinding = 0
             for batch_id in range(len(bounds)):
-                while submitted < len(bounds) and len(pending) < window:
-                    pending.append(blind(submitted))
-                    submitted += 1
+                while blinding < len(bounds) and len(pending) < window:
+                    pending.append(blind(blinding))
+                    blinding += 1
                 batch_blinds, blinded = pending.popleft().result()
                 blinds[batch_id] = batch_blinds
+                submitted.update(blinded)
                 yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
         except Exception as exc:
             request_error.append(exc)
@@ -90,6 +100,11 @@ def match_private(
                 summary = response.summary
                 continue
             batch = response.batch
+            if batch.register_version != cached.register_version:
+                raise IntegrityError(
+                    "the server answered from another register version than the filter's; "
+                    "the check was discarded"
+                )
             if batch.key_id != cached.key_id:
                 raise IntegrityError(
                     "the server's OPRF key changed during the check; run the check again"
@@ -115,6 +130,12 @@ def match_private(
                 collect_oldest()
         while finishing:
             collect_oldest()
+    except grpc.RpcError as exc:
+        if request_error:
+            raise request_error[0] from None
+        if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            raise FilterOutdated(f"the server refused the check: {exc.details()}") from None
+        raise
     except BaseException:
         call.cancel()
         if request_error:
@@ -123,6 +144,17 @@ def match_private(
     finally:
         progress.finish()
     summary = require_complete(answered, bounds, summary)
+    require_truthful_receipt(
+        summary,
+        ExpectedReceipt(
+            register_id=info.register_id,
+            register_version=cached.register_version,
+            mode="private",
+            request_id=context.request_id,
+            items=len(values),
+            submitted_sha256=submitted.digest(),
+        ),
+    )
     return MatchOutcome(
         opted_out=opted_out,
         register_version=cached.register_version,

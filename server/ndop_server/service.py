@@ -24,7 +24,7 @@ from ndop_server.keys import RegisterKeys
 from ndop_server.matching import MAX_BATCH_ITEMS, BatchRejected, Evaluator, HashedMatcher
 from ndop_server.receipts import ReceiptSigner
 from ndop_server.register_view import RegisterHolder, RegisterView
-from ndop_server.sessions import CheckRefused, CheckSession, Served
+from ndop_server.sessions import CheckRefused, CheckSession, Served, VersionNotHeld
 from ndop_server.tokens import Tokenizer
 
 FILTER_CHUNK_BYTES: Final = 1 << 20
@@ -116,6 +116,10 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             self._refuse(context, session, served(session), grpc.StatusCode.INVALID_ARGUMENT, exc)
         except QuotaExhausted as exc:
             self._refuse(context, session, served(session), grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
+        except VersionNotHeld as exc:
+            self._refuse(
+                context, session, served(session), grpc.StatusCode.FAILED_PRECONDITION, exc
+            )
         finally:
             session.end(served(session), outcome)
         log.info(
@@ -193,8 +197,8 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             if not request.digests:
                 return None
             count = self._hashed.count(request.batch_id, request.digests)
-            bits, hits = self._hashed.answer(view, request.digests)
             session.charge(count, request.digests)
+            bits, hits = self._hashed.answer(view, request.digests)
             session.opted_out += hits
             return ndop_pb2.HashedCheckResponse(
                 batch=ndop_pb2.MembershipBatch(
@@ -249,23 +253,22 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         context: grpc.ServicerContext,
     ) -> Iterator[ndop_pb2.EvaluateResponse]:
         self._view(context)
-        claimed: list[int] = []
+        pinned: list[RegisterView] = []
 
         def answer(
             request: ndop_pb2.EvaluateRequest, session: CheckSession
         ) -> ndop_pb2.EvaluateResponse | None:
-            if not claimed:
-                claimed.append(request.context.register_version)
+            if not pinned:
+                pinned.append(self._filter_view(request.context.register_version))
             if not request.blinded_elements:
                 return None
             count = self._evaluator.count(request.batch_id, request.blinded_elements)
-            elements = self._evaluator.answer(request.batch_id, request.blinded_elements)
             session.charge(count, request.blinded_elements)
-            current = self._holder.current
+            elements = self._evaluator.answer(request.batch_id, request.blinded_elements)
             return ndop_pb2.EvaluateResponse(
                 batch=ndop_pb2.EvaluatedBatch(
                     batch_id=request.batch_id,
-                    register_version=current.version if current else 0,
+                    register_version=pinned[0].version,
                     key_id=self._keys.oprf_key_id,
                     count=count,
                     evaluated_elements=elements,
@@ -273,12 +276,8 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             )
 
         def served(session: CheckSession) -> Served:
-            view = (self._holder.view(claimed[0]) if claimed and claimed[0] else None) or (
-                self._holder.current
-            )
-            if view is None:
-                return Served(0, 0)
-            return Served(view.version, view.record.count)
+            view = pinned[0] if pinned else self._holder.current
+            return Served(view.version, view.record.count) if view else Served(0, 0)
 
         return self._run_check(
             context,
@@ -288,3 +287,18 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             served,
             lambda summary: ndop_pb2.EvaluateResponse(summary=summary),
         )
+
+    def _filter_view(self, version: int) -> RegisterView:
+        """The held version whose filter a private check tests against; every answer and the
+        receipt name it. VersionNotHeld unless it is held and made with the current OPRF key."""
+        if version == 0:
+            raise CheckRefused(
+                "a private check must name the register version of the filter it tests against"
+            )
+        view = self._holder.view(version)
+        if view is None or view.record.key_id != self._keys.oprf_key_id:
+            raise VersionNotHeld(
+                f"register version {version} is not served here; "
+                "download the current filter and check again"
+            )
+        return view

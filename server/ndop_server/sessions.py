@@ -37,6 +37,10 @@ class PurposeInvalid(CheckRefused):
     pass
 
 
+class VersionNotHeld(Exception):
+    """The version a check names is not served here; the message is safe to send and log."""
+
+
 @dataclass(frozen=True)
 class Served:
     """The register version a check was answered from."""
