@@ -8,6 +8,7 @@ so swapping in a new version never changes or fails a check already in flight.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,21 @@ def load_view(store: Store, record: VersionRecord) -> RegisterView:
 
 
 class RegisterHolder:
-    """The current view plus the one before it, refreshed from the store by a watcher thread."""
+    """The current view plus the one before it, refreshed from the store by a watcher thread.
 
-    def __init__(self, store_path: Path, poll_seconds: float = 1.0) -> None:
+    `on_version`, if given, is called with each version number as it is loaded, the first one
+    included (which may be during construction).
+    """
+
+    def __init__(
+        self,
+        store_path: Path,
+        poll_seconds: float = 1.0,
+        on_version: Callable[[int], None] | None = None,
+    ) -> None:
         self._store = Store(store_path)
         self._poll_seconds = poll_seconds
+        self._on_version = on_version
         self._lock = threading.Lock()
         self._current: RegisterView | None = None
         self._previous: RegisterView | None = None
@@ -81,6 +92,8 @@ class RegisterHolder:
             view = load_view(self._store, record)
             self._previous, self._current = self._current, view
         log.info("register.version_loaded", version=record.version, count=record.count)
+        if self._on_version is not None:
+            self._on_version(record.version)
         return True
 
     def start(self) -> None:

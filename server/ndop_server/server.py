@@ -14,12 +14,12 @@ from typing import Final
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
+from ndop_server.reflection import enable_reflection
 from ndop_server.register_view import RegisterHolder
 from ndop_server.service import OptOutRegisterService
 
@@ -68,7 +68,12 @@ def start_server(
             "serving needs --tls-cert and --tls-key; use --insecure only for local development"
         )
     credentials = None if tls is None else _credentials(tls)
-    holder = RegisterHolder(store_path, poll_seconds)
+    health_servicer = health.HealthServicer()
+    holder = RegisterHolder(
+        store_path, poll_seconds, on_version=lambda _: _set_health(health_servicer, serving=True)
+    )
+    if holder.current is None:
+        _set_health(health_servicer, serving=False)
     accounts = Accounts(store_path)
     try:
         if holder.register_id not in (None, keys.register_id):
@@ -87,11 +92,8 @@ def start_server(
         ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(
             OptOutRegisterService(holder, keys, accounts), server
         )
-        health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
         port = _bind(server, listen, credentials)
     except BaseException:
         holder.stop()
@@ -99,9 +101,6 @@ def start_server(
         raise
     server.start()
     holder.start()
-    serving = health_pb2.HealthCheckResponse.SERVING
-    health_servicer.set("", serving)
-    health_servicer.set(SERVICE_NAME, serving)
     current = holder.current
     log.info(
         "server.started",
@@ -111,6 +110,17 @@ def start_server(
         register_version=current.version if current else 0,
     )
     return RunningServer(server, port, holder, accounts, health_servicer)
+
+
+def _set_health(servicer: health.HealthServicer, *, serving: bool) -> None:
+    """SERVING once a register version is held: before that every check would fail."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", SERVICE_NAME):
+        servicer.set(service, status)
 
 
 def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
