@@ -300,9 +300,12 @@ def test_a_filter_of_another_scheme_is_refused(
             chunk.header.filter_scheme = "cuckoo-v1"
 
     hooks = Hooks(filter_chunk=other_scheme)
-    with relay(address, auth_metadata, hooks) as relayed, _client(relayed, token, tmp_path) as c:
-        with pytest.raises(UnsupportedServer, match="filter scheme 'cuckoo-v1'"):
-            c.check(_canonical(register.opted_out[:3]), mode="private")
+    with (
+        relay(address, auth_metadata, hooks) as relayed,
+        _client(relayed, token, tmp_path) as c,
+        pytest.raises(UnsupportedServer, match="filter scheme 'cuckoo-v1'"),
+    ):
+        c.check(_canonical(register.opted_out[:3]), mode="private")
     assert not list((tmp_path / "filters").rglob("*.bloom")), "nothing was cached"
 
 
@@ -355,9 +358,12 @@ def test_a_receipt_that_does_not_match_the_answers_fails_loudly(
     expected: str,
 ) -> None:
     hooks = Hooks(hashed=lie) if mode == "hashed" else Hooks(evaluated=lie)
-    with relay(address, auth_metadata, hooks) as relayed, _client(relayed, token, tmp_path) as c:
-        with pytest.raises(IntegrityError, match=expected):
-            c.check(_canonical(register.opted_out[:3]), mode=mode)  # type: ignore[arg-type]
+    with (
+        relay(address, auth_metadata, hooks) as relayed,
+        _client(relayed, token, tmp_path) as c,
+        pytest.raises(IntegrityError, match=expected),
+    ):
+        c.check(_canonical(register.opted_out[:3]), mode=mode)  # type: ignore[arg-type]
 
 
 def test_an_answer_from_another_version_than_the_filter_fails_loudly(
@@ -368,9 +374,12 @@ def test_an_answer_from_another_version_than_the_filter_fails_loudly(
             response.batch.register_version = 2
 
     hooks = Hooks(evaluated=other_version)
-    with relay(address, auth_metadata, hooks) as relayed, _client(relayed, token, tmp_path) as c:
-        with pytest.raises(IntegrityError, match="another register version"):
-            c.check(_canonical(register.opted_out[:3]), mode="private")
+    with (
+        relay(address, auth_metadata, hooks) as relayed,
+        _client(relayed, token, tmp_path) as c,
+        pytest.raises(IntegrityError, match="another register version"),
+    ):
+        c.check(_canonical(register.opted_out[:3]), mode="private")
 
 
 def test_an_invalid_evaluated_element_is_a_refusal_not_a_crash(
@@ -381,9 +390,12 @@ def test_an_invalid_evaluated_element_is_a_refusal_not_a_crash(
             response.batch.evaluated_elements = bytes(len(response.batch.evaluated_elements))
 
     hooks = Hooks(evaluated=identity)
-    with relay(address, auth_metadata, hooks) as relayed, _client(relayed, token, tmp_path) as c:
-        with pytest.raises(RequestRejected, match="not a valid ristretto255 encoding"):
-            c.check(_canonical(register.opted_out[:3]), mode="private")
+    with (
+        relay(address, auth_metadata, hooks) as relayed,
+        _client(relayed, token, tmp_path) as c,
+        pytest.raises(RequestRejected, match="not a valid ristretto255 encoding"),
+    ):
+        c.check(_canonical(register.opted_out[:3]), mode="private")
 
 
 def test_the_sdk_refreshes_its_filter_once_when_the_server_moved_on(
@@ -401,8 +413,11 @@ def test_a_server_that_keeps_refusing_the_filter_version_ends_the_check(
     register: Register, address: str, auth_metadata: Metadata, token: str, tmp_path: Path
 ) -> None:
     hooks = Hooks(refuse_evaluate=5)
-    with relay(address, auth_metadata, hooks) as relayed, _client(relayed, token, tmp_path) as c:
-        with pytest.raises(FilterOutdated, match="download the current filter") as caught:
-            c.check(_canonical(register.opted_out[:3]), mode="private")
+    with (
+        relay(address, auth_metadata, hooks) as relayed,
+        _client(relayed, token, tmp_path) as c,
+        pytest.raises(FilterOutdated, match="download the current filter") as caught,
+    ):
+        c.check(_canonical(register.opted_out[:3]), mode="private")
     assert isinstance(caught.value, NdopError) and caught.value.exit_code == 3
     assert hooks.evaluate_calls == 2, "one refresh, not a loop"

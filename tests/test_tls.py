@@ -148,7 +148,10 @@ def tls_server(register: Register, certs: Certs, tokens: dict[str, str]) -> Iter
 
 @pytest.fixture(scope="module")
 def mtls_server(register: Register, certs: Certs, tokens: dict[str, str]) -> Iterator[str]:
-    running = serve(register, ServerTls(certs.server, certs.server_key, client_ca=certs.ca))
+    running = serve(
+        register,
+        ServerTls(certs.server, certs.server_key, client_ca=certs.ca, require_client_cert=True),
+    )
     try:
         yield f"localhost:{running.port}"
     finally:
@@ -450,6 +453,128 @@ def test_client_certificate_without_its_key_is_a_usage_error(certs: Certs, root:
     )
     assert result.returncode == 2, result.stderr
     one_sentence(result.stderr)
+
+
+# --- tokens on --listen, certificates on --client-cert-listen ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_port_server(
+    register: Register, certs: Certs, tokens: dict[str, str]
+) -> Iterator[tuple[str, str]]:
+    """(token address, certificate address) of one server with both kinds of organisation."""
+    tls = ServerTls(
+        certs.server, certs.server_key, client_ca=certs.ca, client_cert_listen="127.0.0.1:0"
+    )
+    running = serve(register, tls)
+    assert running.client_cert_port is not None
+    try:
+        yield f"localhost:{running.port}", f"localhost:{running.client_cert_port}"
+    finally:
+        running.stop(grace=1)
+
+
+def test_token_and_certificate_organisations_share_one_server(
+    register: Register, certs: Certs, tokens: dict[str, str], two_port_server: tuple[str, str]
+) -> None:
+    token_address, certificate_address = two_port_server
+    cert, key = certs.client("org-a")
+    cohort = texts(register.opted_out[:2]) + texts(register.not_opted_out[:2])
+    with Client(
+        token_address, ca_file=certs.ca, token=tokens["tls-org"], purpose="research"
+    ) as by_token:
+        first = by_token.check(cohort, mode="hashed")
+    with Client(
+        certificate_address,
+        ca_file=certs.ca,
+        client_cert=cert,
+        client_key=key,
+        purpose="research",
+    ) as by_certificate:
+        second = by_certificate.check(cohort, mode="hashed")
+    assert first.opted_out_count == second.opted_out_count == 2
+    assert audit_organisations(register, first.request_id) == ["tls-org"]
+    assert audit_organisations(register, second.request_id) == ["org-a"]
+
+
+def test_the_certificate_port_refuses_a_token_alone(
+    tokens: dict[str, str], certs: Certs, two_port_server: tuple[str, str]
+) -> None:
+    _, certificate_address = two_port_server
+    with (
+        Client(certificate_address, ca_file=certs.ca, token=tokens["tls-org"]) as client,
+        pytest.raises(ServiceError),
+    ):
+        client.info()
+
+
+def test_the_token_port_does_not_take_a_certificate_for_a_token(
+    certs: Certs, two_port_server: tuple[str, str]
+) -> None:
+    token_address, _ = two_port_server
+    cert, key = certs.client("org-a")
+    with (
+        Client(token_address, ca_file=certs.ca, client_cert=cert, client_key=key) as client,
+        pytest.raises(AuthenticationFailed),
+    ):
+        client.info()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (("--client-ca", "CA"), "--require-client-cert"),
+        (("--require-client-cert",), "need --client-ca"),
+        (("--client-cert-listen", "127.0.0.1:0"), "need --client-ca"),
+        (
+            ("--client-ca", "CA", "--require-client-cert", "--client-cert-listen", "127.0.0.1:0"),
+            "drop --client-cert-listen",
+        ),
+    ],
+)
+def test_serve_refuses_client_certificate_options_that_do_not_fit(
+    register: Register, certs: Certs, root: Path, options: tuple[str, ...], expected: str
+) -> None:
+    substitutions = {"CA": str(certs.ca)}
+    result = ndop(
+        root,
+        "serve",
+        "--store",
+        register.store_path,
+        "--keys",
+        register.keys_path,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        certs.server,
+        "--tls-key",
+        certs.server_key,
+        *(substitutions.get(part, part) for part in options),
+        timeout=30,
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert expected in one_sentence(result.stderr)
+
+
+def test_serve_refuses_client_certificates_without_tls(
+    register: Register, certs: Certs, root: Path
+) -> None:
+    result = ndop(
+        root,
+        "serve",
+        "--store",
+        register.store_path,
+        "--keys",
+        register.keys_path,
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+        "--client-ca",
+        certs.ca,
+        timeout=30,
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "need TLS" in one_sentence(result.stderr)
 
 
 # --- ndop serve ----------------------------------------------------------------------------------

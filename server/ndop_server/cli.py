@@ -10,6 +10,7 @@ from typing import Any
 from ndop_server import allocator
 from ndop_server import keys as keyfile
 from ndop_server.cli_access import add_access_commands
+from ndop_server.errors import ConfigurationError
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
 from ndop_server.server import ServerTls, serve_until_signalled, start_server
@@ -80,6 +81,16 @@ def _serve_command(commands: Any) -> None:
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument(
         "--client-ca", type=Path, help="accept client certificates from this CA (mutual TLS)"
+    )
+    serve.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="require a --client-ca certificate on --listen (tokens alone are refused)",
+    )
+    serve.add_argument(
+        "--client-cert-listen",
+        metavar="HOST:PORT",
+        help="a second port that requires --client-ca certificates; --listen keeps serving tokens",
     )
     serve.add_argument(
         "--poll-seconds", type=float, default=1.0, help="how often to look for a new version"
@@ -183,10 +194,16 @@ def _serve(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
-            from ndop_server.errors import ConfigurationError
-
             raise ConfigurationError("--tls-cert and --tls-key go together")
-        tls = ServerTls(args.tls_cert, args.tls_key, args.client_ca)
+        tls = ServerTls(
+            args.tls_cert,
+            args.tls_key,
+            args.client_ca,
+            require_client_cert=args.require_client_cert,
+            client_cert_listen=args.client_cert_listen,
+        )
+    elif args.client_ca or args.require_client_cert or args.client_cert_listen:
+        raise ConfigurationError("client certificates need TLS: give --tls-cert and --tls-key")
     running = start_server(
         args.store,
         loaded,

@@ -32,10 +32,42 @@ log = structlog.get_logger("ndop.server")
 
 @dataclass(frozen=True)
 class ServerTls:
+    """TLS for the listening ports, and where client certificates are accepted.
+
+    grpcio can require a client certificate on a port or not ask for one; it cannot ask for
+    one and accept its absence. So with `client_ca`, certificates are either required on the
+    main port (`require_client_cert`), or required on a second port (`client_cert_listen`) while
+    the main port serves token holders: one server, one register, either credential.
+    """
+
     cert: Path
     key: Path
     client_ca: Path | None = None
-    """When set, clients must present a certificate signed by this CA (mutual TLS)."""
+    require_client_cert: bool = False
+    client_cert_listen: str | None = None
+
+    def check(self) -> None:
+        """ConfigurationError unless the options fit together."""
+        if self.client_ca is None and (self.require_client_cert or self.client_cert_listen):
+            raise ConfigurationError(
+                "--require-client-cert and --client-cert-listen need --client-ca"
+            )
+        if self.require_client_cert and self.client_cert_listen:
+            raise ConfigurationError(
+                "--require-client-cert already requires certificates on --listen; "
+                "drop --client-cert-listen"
+            )
+        if self.client_ca is not None and not (self.require_client_cert or self.client_cert_listen):
+            raise ConfigurationError(
+                "with --client-ca, give --require-client-cert (certificates on --listen) or "
+                "--client-cert-listen HOST:PORT (certificates there, tokens on --listen)"
+            )
+
+    @property
+    def mode(self) -> str:
+        if self.require_client_cert:
+            return "mutual-required"
+        return "on+mutual-port" if self.client_cert_listen else "on"
 
 
 @dataclass
@@ -45,6 +77,7 @@ class RunningServer:
     holder: RegisterHolder
     accounts: Accounts
     health: health.HealthServicer
+    client_cert_port: int | None = None
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.health.enter_graceful_shutdown()
@@ -67,7 +100,9 @@ def start_server(
         raise ConfigurationError(
             "serving needs --tls-cert and --tls-key; use --insecure only for local development"
         )
-    credentials = None if tls is None else _credentials(tls)
+    if tls is not None:
+        tls.check()
+    credentials = None if tls is None else _credentials(tls, require=tls.require_client_cert)
     health_servicer = health.HealthServicer()
     holder = RegisterHolder(
         store_path, poll_seconds, on_version=lambda _: _set_health(health_servicer, serving=True)
@@ -95,6 +130,11 @@ def start_server(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
         port = _bind(server, listen, credentials)
+        client_cert_port = None
+        if tls is not None and tls.client_cert_listen:
+            client_cert_port = _bind(
+                server, tls.client_cert_listen, _credentials(tls, require=True)
+            )
     except BaseException:
         holder.stop()
         accounts.close()
@@ -106,10 +146,11 @@ def start_server(
         "server.started",
         listen=listen,
         port=port,
-        tls="off" if tls is None else ("mutual" if tls.client_ca else "on"),
+        client_cert_port=client_cert_port,
+        tls="off" if tls is None else tls.mode,
         register_version=current.version if current else 0,
     )
-    return RunningServer(server, port, holder, accounts, health_servicer)
+    return RunningServer(server, port, holder, accounts, health_servicer, client_cert_port)
 
 
 def _set_health(servicer: health.HealthServicer, *, serving: bool) -> None:
@@ -136,10 +177,11 @@ def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials 
     return port
 
 
-def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+def _credentials(tls: ServerTls, *, require: bool) -> grpc.ServerCredentials:
+    """Server TLS; with `require`, a client certificate from `tls.client_ca` is mandatory."""
     try:
         pair = (tls.key.read_bytes(), tls.cert.read_bytes())
-        client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+        client_ca = tls.client_ca.read_bytes() if require and tls.client_ca else None
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read TLS material: {exc.strerror}: {exc.filename}"
