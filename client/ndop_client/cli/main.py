@@ -56,8 +56,11 @@ def _add_missing_server_commands(commands: Any) -> None:
         )
 
     for name in OPERATOR_COMMANDS:
-        parser = commands.add_parser(name, help="operator command (needs ndop[server])")
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        # No option prefix: whatever follows is taken as it is, to be refused with advice.
+        parser = commands.add_parser(
+            name, help="operator command (needs ndop[server])", prefix_chars="\0", add_help=False
+        )
+        parser.add_argument("rest", nargs="*")
         parser.set_defaults(handler=missing)
 
 
