@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from ndop_core.errors import UnsupportedServer
 from ndop_core.packing import hash_each
 
 SCHEME: Final = "ndop-sha256-v1"
@@ -27,11 +28,11 @@ class Hasher:
 
     def __init__(self, salt: bytes, scheme: str = SCHEME) -> None:
         if scheme != SCHEME:
-            raise ValueError(
-                f"the register uses hashing scheme {scheme!r}, this client knows {SCHEME!r}"
+            raise UnsupportedServer(
+                f"the register uses hashing scheme {scheme!r}; this implementation knows {SCHEME!r}"
             )
         if len(salt) != SALT_SIZE:
-            raise ValueError(f"the register salt must be {SALT_SIZE} bytes")
+            raise UnsupportedServer(f"the register salt must be {SALT_SIZE} bytes")
         self._prefix = hashlib.sha256(DOMAIN + salt)
 
     def digest(self, canonical: str) -> bytes:
