@@ -90,15 +90,13 @@ class FilterParameters:
         )
 
 
-class BloomFilter:
-    """A published filter, read-only: `contains` answers for many keys at once."""
+class KeyHasher:
+    """Maps keys to their bit positions for given parameters; needs no bit array, so positions
+    can be computed for filters too large to hold (and are, by the test vectors)."""
 
-    def __init__(self, data: bytes) -> None:
-        params = FilterParameters.from_header(data)
+    def __init__(self, params: FilterParameters) -> None:
         if params.num_slices < 1 or params.bits_per_slice < 1:
             raise IntegrityError("the filter's header describes an empty filter")
-        if len(data) != params.size:
-            raise IntegrityError("the filter's length does not match its header")
         name = hash_name(params.num_slices, params.bits_per_slice)
         if name is None:
             raise UnsupportedServer(
@@ -106,9 +104,9 @@ class BloomFilter:
                 "which this client does not implement"
             )
         self.params = params
-        self._bits = np.frombuffer(data, dtype=np.uint8, offset=HEADER.size)
-        self._chunk = chunk_bytes(params.bits_per_slice)
-        self._salts = _salts(getattr(hashlib, name), params.num_slices, self._chunk)
+        self.hash_name = name
+        self.chunk = chunk_bytes(params.bits_per_slice)
+        self._salts = _salts(getattr(hashlib, name), params.num_slices, self.chunk)
 
     @cached_property
     def _slice_offsets(self) -> np.ndarray:
@@ -121,11 +119,27 @@ class BloomFilter:
             return np.empty((0, self.params.num_slices), dtype=np.uint64)
         salts = self._salts
         digests = b"".join(salt_hash.digest() for key in keys for salt_hash in _keyed(salts, key))
-        chunks = np.frombuffer(digests, dtype=f"<u{self._chunk}").reshape(len(keys), -1)
+        chunks = np.frombuffer(digests, dtype=f"<u{self.chunk}").reshape(len(keys), -1)
         slices = chunks[:, : self.params.num_slices].astype(np.uint64)
         positions: np.ndarray = slices % np.uint64(self.params.bits_per_slice)
         offsets: np.ndarray = positions + self._slice_offsets
         return offsets
+
+
+class BloomFilter:
+    """A published filter, read-only: `contains` answers for many keys at once."""
+
+    def __init__(self, data: bytes) -> None:
+        params = FilterParameters.from_header(data)
+        if len(data) != params.size:
+            raise IntegrityError("the filter's length does not match its header")
+        self._hasher = KeyHasher(params)
+        self.params = params
+        self._bits = np.frombuffer(data, dtype=np.uint8, offset=HEADER.size)
+
+    def positions(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Bit indices in the whole array, one row per key and one column per slice."""
+        return self._hasher.positions(keys)
 
     def contains(self, keys: Sequence[bytes]) -> np.ndarray:
         """One flag per key: True when every one of its bits is set."""
