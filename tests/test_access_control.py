@@ -458,7 +458,9 @@ def test_token_of_one_org_with_certificate_of_another_is_permission_denied(
         register.store_path,
         register.keys,
         "127.0.0.1:0",
-        tls=ServerTls(certs.server.cert, certs.server.key, client_ca=certs.ca.cert),
+        tls=ServerTls(
+            certs.server.cert, certs.server.key, client_ca=certs.ca.cert, require_client_cert=True
+        ),
         poll_seconds=0.1,
     )
     try:
