@@ -76,7 +76,14 @@ def _serve_command(commands: Any) -> None:
     serve.add_argument("--store", type=Path, required=True)
     serve.add_argument("--keys", type=Path, required=True)
     serve.add_argument("--listen", required=True, metavar="HOST:PORT")
-    serve.add_argument("--insecure", action="store_true", help="plaintext; local development only")
+    serve.add_argument(
+        "--insecure", action="store_true", help="plaintext, on loopback only; local development"
+    )
+    serve.add_argument(
+        "--insecure-any-address",
+        action="store_true",
+        help="let --insecure listen on an address that is not loopback (plaintext on the network)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument(
@@ -204,6 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     elif args.client_ca or args.require_client_cert or args.client_cert_listen:
         raise ConfigurationError("client certificates need TLS: give --tls-cert and --tls-key")
+    if args.insecure_any_address and not args.insecure:
+        raise ConfigurationError("--insecure-any-address only goes with --insecure")
     running = start_server(
         args.store,
         loaded,
@@ -211,6 +220,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls=tls,
         insecure=args.insecure,
         poll_seconds=args.poll_seconds,
+        allow_insecure_non_loopback=args.insecure_any_address,
     )
     serve_until_signalled(running)
     return 0

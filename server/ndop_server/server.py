@@ -19,6 +19,7 @@ from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
+from ndop_server.listen import bind_problem, format_listen, is_loopback, parse_listen
 from ndop_server.reflection import enable_reflection
 from ndop_server.register_view import RegisterHolder
 from ndop_server.service import OptOutRegisterService
@@ -95,13 +96,20 @@ def start_server(
     insecure: bool = False,
     poll_seconds: float = 1.0,
     max_workers: int = 32,
+    allow_insecure_non_loopback: bool = False,
 ) -> RunningServer:
-    if tls is None and not insecure:
-        raise ConfigurationError(
-            "serving needs --tls-cert and --tls-key; use --insecure only for local development"
-        )
-    if tls is not None:
+    """Serve the store on `listen` (HOST:PORT). Plaintext (`insecure`, no `tls`) is refused
+    on any address but loopback unless `allow_insecure_non_loopback`."""
+    address = parse_listen(listen)
+    addresses = [address]
+    if tls is None:
+        _check_insecure(address, insecure=insecure, any_address=allow_insecure_non_loopback)
+    else:
         tls.check()
+        if tls.client_cert_listen:
+            addresses.append(parse_listen(tls.client_cert_listen))
+    for each in addresses:
+        _check_bindable(each)
     credentials = None if tls is None else _credentials(tls, require=tls.require_client_cert)
     health_servicer = health.HealthServicer()
     holder = RegisterHolder(
@@ -121,6 +129,9 @@ def start_server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # grpc shares a port in use with SO_REUSEPORT by default, so a second server
+                # would silently take half the connections instead of failing to start.
+                ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=max_workers * 4,
         )
@@ -129,18 +140,18 @@ def start_server(
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
-        port = _bind(server, listen, credentials)
+        port = _bind(server, address, credentials)
         client_cert_port = None
-        if tls is not None and tls.client_cert_listen:
-            client_cert_port = _bind(
-                server, tls.client_cert_listen, _credentials(tls, require=True)
-            )
+        if tls is not None and len(addresses) > 1:
+            client_cert_port = _bind(server, addresses[1], _credentials(tls, require=True))
     except BaseException:
         holder.stop()
         accounts.close()
         raise
     server.start()
     holder.start()
+    if tls is None and not is_loopback(address[0]):
+        log.warning("server.insecure_non_loopback", listen=format_listen(*address))
     current = holder.current
     log.info(
         "server.started",
@@ -151,6 +162,19 @@ def start_server(
         register_version=current.version if current else 0,
     )
     return RunningServer(server, port, holder, accounts, health_servicer, client_cert_port)
+
+
+def _check_insecure(address: tuple[str, int], *, insecure: bool, any_address: bool) -> None:
+    if not insecure:
+        raise ConfigurationError(
+            "serving needs --tls-cert and --tls-key; use --insecure only for local development"
+        )
+    if not any_address and not is_loopback(address[0]):
+        raise ConfigurationError(
+            "--insecure serves plaintext, so only on a loopback address (127.0.0.1, [::1], "
+            f"localhost), which {format_listen(*address)} is not: give --tls-cert and "
+            "--tls-key, or add --insecure-any-address if plaintext on the network is meant"
+        )
 
 
 def _set_health(servicer: health.HealthServicer, *, serving: bool) -> None:
@@ -164,16 +188,29 @@ def _set_health(servicer: health.HealthServicer, *, serving: bool) -> None:
         servicer.set(service, status)
 
 
-def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+def _check_bindable(address: tuple[str, int]) -> None:
+    """Refuse an address that cannot be bound before loading anything, with the reason."""
+    problem = bind_problem(*address)
+    if problem is not None:
+        raise ConfigurationError(f"cannot listen on {format_listen(*address)}: {problem}")
+
+
+def _bind(
+    server: grpc.Server, address: tuple[str, int], credentials: grpc.ServerCredentials | None
+) -> int:
+    """The port bound; ConfigurationError if grpc cannot bind the address after all (another
+    process may have taken it since `_check_bindable`)."""
+    listen = format_listen(*address)
     try:
         if credentials is None:
             port = server.add_insecure_port(listen)
         else:
             port = server.add_secure_port(listen, credentials)
-    except RuntimeError as exc:
-        raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise ConfigurationError(f"cannot listen on {listen}")
+        _check_bindable(address)
+        raise ConfigurationError(f"cannot listen on {listen}: grpc could not bind it")
     return port
 
 

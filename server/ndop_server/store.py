@@ -14,6 +14,7 @@ Nothing here is an NHS number: entries hold tokens (keyed with the store key) an
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -73,12 +74,29 @@ _VERSION_COLUMNS: Final = (
 )
 
 
+def _create_private(path: Path) -> None:
+    """An empty store file readable by its owner only, unless the file exists already.
+
+    SQLite would create it 0644; it gives the -wal and -shm files the database file's mode,
+    so those are private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create register store {path}: {exc.strerror}") from exc
+    os.close(fd)
+
+
 class Store:
     """One SQLite register store. Use as a context manager; not shared between threads."""
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         if not create and not path.exists():
             raise StoreError(f"register store {path} does not exist; run 'ndop register load'")
+        if create:
+            _create_private(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
