@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -20,17 +21,21 @@ import pytest
 from pybloom_live import BloomFilter as ReferenceBloomFilter
 from pybloom_live.pybloom import make_hashfuncs
 
+from ndop_client import Client
+from ndop_client.filter_cache import _require_usable
 from ndop_core import filter as published
 from ndop_core.crypto import oprf
 from ndop_core.errors import IntegrityError, NdopError, UnsupportedServer
 from ndop_core.hashing import CANONICAL_SIZE
 from ndop_core.nhs_number import canonical_bytes
 from ndop_core.packing import split
+from ndop_core.proto import ndop_pb2
 from ndop_server import filter_builder
 from ndop_server.register import FILTER_ARTIFACT, _bloom_shard
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
-from tests.conftest import make_register
+from tests.conftest import Register, make_register
+from tests.relay import Hooks, relay
 from tests.vector_files import load_json, vector_path
 
 Vector = dict[str, Any]
@@ -251,7 +256,7 @@ def _example_data() -> bytes:
     return _filter_data(_vector(EXAMPLE))
 
 
-def _with_header(data: bytes, **fields: int) -> bytes:
+def _with_header(data: bytes, **fields: Any) -> bytes:
     params = dataclasses.replace(published.FilterParameters.from_header(data), **fields)
     return params.header() + data[published.HEADER.size :]
 
@@ -273,6 +278,73 @@ def _with_header(data: bytes, **fields: int) -> bytes:
 def test_filter_disagreeing_with_its_header_is_refused(damage: Callable[[bytes], bytes]) -> None:
     with pytest.raises(IntegrityError):
         published.BloomFilter(damage(_example_data()))
+
+
+def test_k_times_m_wrapping_uint64_is_refused() -> None:
+    """k = 2^61 + 30, m = 8: k*m = 2^64 + 240, which a reader with wrapping 64-bit integers
+    would take for the 240 bits of a 70-byte file (and t = 8*k*c for 480, SHA-512)."""
+    k, m = 2**61 + 30, 8
+    assert (k * m) % 2**64 == 240
+    data = _with_header(_example_data(), num_slices=k, bits_per_slice=m)[:40] + bytes(30)
+    assert len(data) == 40 + ((k * m) % 2**64) // 8
+    with pytest.raises(IntegrityError):
+        published.BloomFilter(data)
+    assert k > 8 * (len(data) - 40) // m  # the comparison docs/protocol.md asks for refuses it
+
+
+def _zero_filter(num_slices: int, bits_per_slice: int) -> bytes:
+    """A filter of k slices of m bits with no bit set."""
+    params = published.FilterParameters(1e-9, num_slices, bits_per_slice, 1, 0)
+    return params.header() + bytes(params.size - published.HEADER.size)
+
+
+def test_slice_count_is_bounded_by_what_pybloom_live_can_make() -> None:
+    # 1/p is a finite binary64 below 2^1024, so k = ceil(log2(1/p)) <= 1024.
+    assert math.ceil(math.log(1.0 / 5.56268464626801e-309, 2)) == published.MAX_SLICES
+    bloom = published.BloomFilter(_zero_filter(published.MAX_SLICES, 1))
+    assert not bloom.contains([b"0" * 64]).any()
+    with pytest.raises(IntegrityError, match="slices"):
+        published.BloomFilter(_zero_filter(published.MAX_SLICES + 1, 1))
+    with pytest.raises(IntegrityError, match="slices"):
+        published.KeyHasher(published.FilterParameters(1e-9, 2**32, 1, 1, 0))
+
+
+def test_positions_beyond_64_bits_are_refused() -> None:
+    published.KeyHasher(published.FilterParameters(1e-9, 16, 2**60, 1, 0))  # k*m = 2^64
+    with pytest.raises(IntegrityError, match="64-bit"):
+        published.KeyHasher(published.FilterParameters(1e-9, 17, 2**60, 1, 0))
+
+
+@pytest.mark.parametrize("error_rate", [0.0, 1.0, -1e-9, 1.5, math.inf, -math.inf, math.nan])
+def test_error_rate_that_is_no_probability_is_refused(error_rate: float) -> None:
+    with pytest.raises(IntegrityError, match="error rate"):
+        published.BloomFilter(_with_header(_example_data(), error_rate=error_rate))
+
+
+def test_padding_bits_must_be_zero() -> None:
+    data = _example_data()
+    params = published.FilterParameters.from_header(data)
+    assert params.num_bits == 150  # array bits 150 and 151 are bits 6 and 7 of the last byte
+    assert published.BloomFilter(data[:-1] + bytes([data[-1] | 0x20])).params == params
+    for padding_bit in (0x40, 0x80):
+        with pytest.raises(IntegrityError, match="padding"):
+            published.BloomFilter(data[:-1] + bytes([data[-1] | padding_bit]))
+    # Without padding (k*m a multiple of 8) every bit of the last byte is the array's.
+    demo = _filter_data(_vector("demo-capacity-100.json"))
+    assert published.FilterParameters.from_header(demo).num_bits % 8 == 0
+    published.BloomFilter(demo[:-1] + b"\xff")
+
+
+def test_count_and_capacity_are_informative() -> None:
+    """count may exceed capacity (pybloom-live's own files can hold capacity + 1 keys)."""
+    reference = ReferenceBloomFilter(capacity=3, error_rate=1e-9)
+    for number in range(4):
+        reference.add(f"{number:064x}")
+    assert reference.count == reference.capacity + 1
+    data = filter_builder.serialize(reference)
+    bloom = published.BloomFilter(data)
+    assert bloom.contains([f"{number:064x}".encode("ascii") for number in range(4)]).all()
+    published.BloomFilter(_with_header(_example_data(), count=10**9, capacity=0))
 
 
 XXH3_PARAMETERS = [(8, 100), (1, 5), (4, 2**15), (2, 2**31)]
@@ -299,6 +371,85 @@ def test_random_bytes_raise_only_ndop_errors(seed: int) -> None:
     except NdopError:
         return
     pytest.fail("random bytes were accepted as a filter")
+
+
+# --- (f) the client refuses a download whose header disagrees with its FilterHeader --------
+
+
+def _announced(data: bytes, **fields: Any) -> ndop_pb2.FilterHeader:
+    params = published.FilterParameters.from_header(data)
+    header = ndop_pb2.FilterHeader(
+        register_version=1,
+        count=params.count,
+        key_id="0123456789abcdef",
+        filter_scheme=published.SCHEME,
+        size=len(data),
+        sha256=hashlib.sha256(data).digest(),
+        false_positive_rate=params.error_rate,
+    )
+    for name, value in fields.items():
+        setattr(header, name, value)
+    return header
+
+
+def test_client_accepts_a_filter_its_header_describes() -> None:
+    for name in FILTERS:
+        data = _filter_data(_vector(name))
+        _require_usable(_announced(data), data[: 1 << 20])
+
+
+@pytest.mark.parametrize(
+    ("fields", "first_data", "error"),
+    [
+        pytest.param({"count": 2}, None, IntegrityError, id="count"),
+        pytest.param({"false_positive_rate": 1e-6}, None, IntegrityError, id="error-rate"),
+        pytest.param({"size": 60}, None, IntegrityError, id="size"),
+        pytest.param({"size": 70}, "wraps", IntegrityError, id="k-times-m-wraps-uint64"),
+        pytest.param({}, "no-probability", IntegrityError, id="error-rate-not-probability"),
+        pytest.param({}, "header-cut", IntegrityError, id="header-cut"),
+        pytest.param({"filter_scheme": "cuckoo-v1"}, None, UnsupportedServer, id="scheme"),
+        pytest.param({"size": 45}, "xxh3", UnsupportedServer, id="xxh3"),
+    ],
+)
+def test_client_refuses_a_filter_header_before_downloading(
+    fields: dict[str, Any], first_data: str | None, error: type[Exception]
+) -> None:
+    data = _example_data()
+    if first_data == "wraps":
+        data = _with_header(data, num_slices=2**61 + 30, bits_per_slice=8)[:40] + bytes(30)
+    elif first_data == "no-probability":
+        data = _with_header(data, error_rate=math.nan)
+    elif first_data == "header-cut":
+        data = data[:39]
+    elif first_data == "xxh3":
+        data = _zero_filter(8, 5)
+    header = _announced(data if len(data) >= 40 else _example_data(), **fields)
+    with pytest.raises(error):
+        _require_usable(header, data)
+
+
+def test_client_refuses_a_download_announcing_another_count(
+    register: Register,
+    address: str,
+    auth_metadata: tuple[tuple[str, str], ...],
+    token: str,
+    tmp_path: Path,
+) -> None:
+    def other_count(chunk: ndop_pb2.FilterChunk) -> None:
+        if chunk.HasField("header"):
+            chunk.header.count += 1
+
+    numbers = [f"{int(v):010d}" for v in register.opted_out[:3].tolist()]
+    cache = tmp_path / "filters"
+    with (
+        relay(address, auth_metadata, Hooks(filter_chunk=other_count)) as relayed,
+        Client(
+            relayed, insecure=True, token=token, purpose="research", workers=1, cache_dir=cache
+        ) as client,
+        pytest.raises(IntegrityError, match="entries"),
+    ):
+        client.check(numbers, mode="private")
+    assert not list(cache.rglob("*.bloom")), "nothing was cached"
 
 
 # --- the specification shows the example vector ------------------------------------------

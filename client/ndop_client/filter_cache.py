@@ -109,11 +109,20 @@ def fetch_filter(
 
 
 def _require_usable(header: ndop_pb2.FilterHeader, first_data: bytes) -> None:
-    """Refuse, before downloading it, a filter this client could not test."""
+    """Refuse, before downloading it, a filter this client could not test or whose own header
+    disagrees with the FilterHeader that announces it (docs/protocol.md, "Before using a
+    filter"). The first chunk must carry at least the file's 40-byte header."""
     require_filter_scheme(header.filter_scheme)
     params = published_filter.FilterParameters.from_header(first_data)
-    if params.size != header.size:
-        raise IntegrityError("the filter's header does not match its announced size")
+    params.require_file_of(header.size)
+    if params.count != header.count:
+        raise IntegrityError(
+            f"the filter holds {params.count} entries but the server announced {header.count}"
+        )
+    if params.error_rate != header.false_positive_rate:
+        raise IntegrityError(
+            "the filter's error rate is not the false-positive rate the server announced"
+        )
     if published_filter.hash_name(params.num_slices, params.bits_per_slice) is None:
         raise UnsupportedServer(
             "the server publishes a filter hashed with XXH3-128, which this client does not "

@@ -1,11 +1,13 @@
 """The published filter of a register version, scheme "pybloom-live-v1", as docs/protocol.md
-specifies it: a Bloom filter of the OPRF outputs F_k(y) of every opted-out y.
+specifies it: a Bloom filter of the OPRF outputs F_k(x) of every opted-out number x.
 
 This module reads a published filter and tests keys against it with NumPy; it never imports
 pybloom-live (the server builds filters with it, and tests check that both agree bit for bit).
 
-    key        = lowercase hex of F_k(y)[:32], as 64 ASCII bytes
+    key        = lowercase hex of F_k(x)[:32], as 64 ASCII bytes
     header     = "<dQQQQ": error_rate, num_slices, bits_per_slice, capacity, count
+    checked    = 0 < error_rate < 1; 1 <= num_slices <= 1024; bits_per_slice >= 1; length exactly
+                 40 + ceil(num_slices * bits_per_slice / 8); padding bits after the last slice 0
     chunk      = 2 bytes if bits_per_slice < 2**15, 4 if < 2**31, else 8 (unsigned, little-endian)
     hash       = by 8 * num_slices * chunk: > 384 SHA-512, > 256 SHA-384, > 160 SHA-256,
                  > 128 SHA-1, else XXH3-128 (not accepted here)
@@ -34,6 +36,8 @@ SCHEME: Final = "pybloom-live-v1"
 FALSE_POSITIVE_RATE: Final = 1e-9
 KEY_BYTES: Final = 32
 HEADER: Final = struct.Struct("<dQQQQ")
+# pybloom-live makes k = ceil(log2(1/p)) slices, and 1/p is a finite binary64 below 2**1024.
+MAX_SLICES: Final = 1024
 
 _HASHES: Final = ((384, "sha512"), (256, "sha384"), (160, "sha256"), (128, "sha1"))
 
@@ -89,14 +93,44 @@ class FilterParameters:
             self.error_rate, self.num_slices, self.bits_per_slice, self.capacity, self.count
         )
 
+    def require_file_of(self, length: int) -> None:
+        """Refuse a header that does not describe a pybloom-live-v1 file of `length` bytes.
+
+        Compares k*m with the bits the file holds the way docs/protocol.md asks of readers with
+        64-bit integers (k > 8*(length - 40) // m refuses without forming k*m), so a header whose
+        k*m wraps 2**64 is refused here as it must be there. `capacity` and `count` are only
+        informative: count may exceed capacity in a pybloom-live file.
+        """
+        if not 0.0 < self.error_rate < 1.0:  # also refuses NaN
+            raise IntegrityError("the filter's error rate is not a probability between 0 and 1")
+        self.require_slices()
+        array_bytes = length - HEADER.size
+        if (
+            array_bytes < 1
+            or self.num_slices > 8 * array_bytes // self.bits_per_slice
+            or length != self.size
+        ):
+            raise IntegrityError("the filter's length does not match its header")
+
+    def require_slices(self) -> None:
+        """Refuse a slice count or width no pybloom-live filter has."""
+        if self.num_slices < 1 or self.bits_per_slice < 1:
+            raise IntegrityError("the filter's header describes an empty filter")
+        if self.num_slices > MAX_SLICES:
+            raise IntegrityError(
+                f"the filter's header names {self.num_slices} slices; pybloom-live never makes "
+                f"more than {MAX_SLICES}"
+            )
+
 
 class KeyHasher:
     """Maps keys to their bit positions for given parameters; needs no bit array, so positions
     can be computed for filters too large to hold (and are, by the test vectors)."""
 
     def __init__(self, params: FilterParameters) -> None:
-        if params.num_slices < 1 or params.bits_per_slice < 1:
-            raise IntegrityError("the filter's header describes an empty filter")
+        params.require_slices()
+        if params.num_bits > 1 << 64:
+            raise IntegrityError("the filter has more bits than 64-bit positions can name")
         name = hash_name(params.num_slices, params.bits_per_slice)
         if name is None:
             raise UnsupportedServer(
@@ -131,8 +165,10 @@ class BloomFilter:
 
     def __init__(self, data: bytes) -> None:
         params = FilterParameters.from_header(data)
-        if len(data) != params.size:
-            raise IntegrityError("the filter's length does not match its header")
+        params.require_file_of(len(data))
+        padding = 8 * (len(data) - HEADER.size) - params.num_bits
+        if padding and data[-1] >> (8 - padding):
+            raise IntegrityError("the filter's padding bits after its last slice are not zero")
         self._hasher = KeyHasher(params)
         self.params = params
         self._bits = np.frombuffer(data, dtype=np.uint8, offset=HEADER.size)
