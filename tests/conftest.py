@@ -14,12 +14,20 @@ import numpy as np
 import pytest
 
 from ndop_server import keys as keyfile
-from ndop_server.accounts import Accounts
+from ndop_server.accounts import Accounts, Limits
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import Publisher
 from ndop_server.server import RunningServer, start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
+
+GENEROUS = Limits(
+    daily_quota=50_000_000,
+    rate_per_second=0,
+    daily_checks=1_000_000,
+    daily_filter_downloads=1_000_000,
+)
+"""Limits no functional test reaches; the limits themselves are tested on their own."""
 
 
 @dataclass
@@ -64,7 +72,7 @@ def register(tmp_path: Path) -> Register:
 def token(register: Register, monkeypatch: pytest.MonkeyPatch) -> str:
     """An organisation's API token, also exported as NDOP_TOKEN for the SDK and the CLI."""
     with Accounts(register.store_path) as accounts:
-        issued = accounts.add("test-org", hashed_quota=10_000_000, private_quota=10_000_000)
+        issued = accounts.add("test-org", GENEROUS)
     monkeypatch.setenv("NDOP_TOKEN", issued)
     return issued
 

@@ -12,6 +12,7 @@ import hashlib
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ def test_hashed_stream_keeps_its_version_while_a_new_one_is_published(
         try:
             outgoing.put(
                 ndop_pb2.HashedCheckRequest(
-                    context=ndop_pb2.CheckContext(purpose="research", request_id="live-hashed")
+                    context=ndop_pb2.CheckContext(purpose="research", request_id=str(uuid.uuid4()))
                 )
             )
             send(0)

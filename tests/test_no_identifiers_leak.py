@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,14 +187,18 @@ class Rpc:
 
 
 def _hashed(purpose: str, batches: list[bytes], expected: int = 0) -> list[Any]:
-    context = ndop_pb2.CheckContext(purpose=purpose, request_id="leak", expected_items=expected)
+    context = ndop_pb2.CheckContext(
+        purpose=purpose, request_id=str(uuid.uuid4()), expected_items=expected
+    )
     return [ndop_pb2.HashedCheckRequest(context=context)] + [
         ndop_pb2.HashedCheckRequest(batch_id=i, digests=d) for i, d in enumerate(batches)
     ]
 
 
 def _evaluate(purpose: str, batches: list[bytes]) -> list[Any]:
-    context = ndop_pb2.CheckContext(purpose=purpose, request_id="leak")
+    context = ndop_pb2.CheckContext(
+        purpose=purpose, request_id=str(uuid.uuid4()), register_version=1
+    )
     return [ndop_pb2.EvaluateRequest(context=context)] + [
         ndop_pb2.EvaluateRequest(batch_id=i, blinded_elements=b) for i, b in enumerate(batches)
     ]

@@ -24,7 +24,7 @@ from ndop_server.register import Publisher
 from ndop_server.server import RunningServer, start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers
-from tests.conftest import Register, write_numbers
+from tests.conftest import GENEROUS, Register, write_numbers
 from tests.relay import Hooks
 from tests.relay import relay as relay_to
 
@@ -167,7 +167,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
             write_numbers(directory / "snapshot.dat", numbers[:1000])
         )
     with Accounts(store_path) as accounts:
-        token = accounts.add("private-org", hashed_quota=10_000_000, private_quota=10_000_000)
+        token = accounts.add("private-org", GENEROUS)
     running = start_server(store_path, keys, "127.0.0.1:0", tls=None, insecure=True)
     try:
         register = Register(keys_path, store_path, keys, numbers[:1000], numbers[1000:])

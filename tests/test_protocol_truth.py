@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,16 +78,14 @@ def _evaluate(
 def _context(version: int) -> ndop_pb2.CheckContext:
     return ndop_pb2.CheckContext(
         purpose="research",
-        request_id="0b6d3f8e-2f7a-4c1e-9d55-1f1f1f1f1f1f",
+        request_id=str(uuid.uuid4()),
         register_version=version,
     )
 
 
 def _used(register: Register) -> int:
     with Accounts(register.store_path) as accounts:
-        organisation = accounts.get("test-org")
-        assert organisation is not None
-        return organisation.quota("private") - accounts.remaining(organisation, "private")
+        return accounts.usage("test-org").numbers
 
 
 # --- the server names the version a check tests against -------------------------------
@@ -120,9 +119,13 @@ def test_evaluate_naming_no_held_version_is_refused_before_any_work(
         )
     assert _used(register) == used_before, "a refused check was charged"
     with Accounts(register.store_path) as accounts:
-        last = accounts.audit()[-1]
+        rows = accounts.audit()
+    last = rows[-1]
     assert last.items_checked == 0
     assert last.outcome == ("invalid-argument" if version == 0 else "failed-precondition")
+    assert [r.outcome for r in rows if r.request_id == last.request_id] == [last.outcome], (
+        "a check refused before it opened leaves one row, and no started row"
+    )
 
 
 def test_evaluate_naming_a_version_no_longer_held_is_refused(

@@ -33,7 +33,7 @@ from ndop_server.accounts import Accounts
 from ndop_server.receipts import ReceiptSigner
 from ndop_server.server import start_server
 from ndop_server.synthetic import hyphenated, spaced, valid_numbers
-from tests.conftest import Register, make_register, write_numbers
+from tests.conftest import GENEROUS, Register, make_register, write_numbers
 
 NDOP = [sys.executable, "-m", "ndop_client.cli.main"]
 TIMEOUT = 30.0
@@ -56,7 +56,7 @@ def register(root: Path) -> Register:
 @pytest.fixture(scope="module")
 def token(register: Register) -> str:
     with Accounts(register.store_path) as accounts:
-        return accounts.add(ORGANISATION, 10_000_000, 10_000_000)
+        return accounts.add(ORGANISATION, GENEROUS)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +27,10 @@ from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.matching import MAX_BATCH_ITEMS
 from ndop_server.server import MAX_MESSAGE_BYTES, start_server
-from tests.conftest import Register, make_register
+from tests.conftest import GENEROUS, Register, make_register
 
 SERVICE = "ndop.v1.OptOutRegister"
-CONTEXT = ndop_pb2.CheckContext(purpose="research", request_id="bad-input-test")
+CONTEXT = ndop_pb2.CheckContext(purpose="research")
 TIMEOUT = 20.0
 # p = 2^255 - 19, little-endian: a field element that is not reduced, so never canonical.
 FIELD_PRIME = (2**255 - 19).to_bytes(32, "little")
@@ -45,7 +46,7 @@ def register(tmp_path_factory: pytest.TempPathFactory) -> Register:
 @pytest.fixture(scope="module")
 def metadata(register: Register) -> tuple[tuple[str, str], ...]:
     with Accounts(register.store_path) as accounts:
-        token = accounts.add("bad-input-org", hashed_quota=50_000_000, private_quota=50_000_000)
+        token = accounts.add("bad-input-org", GENEROUS)
     return (("authorization", f"Bearer {token}"),)
 
 
@@ -86,14 +87,18 @@ class Rpc:
         )
 
     def hashed(self, requests: list[Any], *, context: bool = True) -> list[Any]:
-        first = [ndop_pb2.HashedCheckRequest(context=CONTEXT)] if context else []
+        fresh = ndop_pb2.CheckContext(request_id=str(uuid.uuid4()))
+        fresh.MergeFrom(CONTEXT)
+        first = [ndop_pb2.HashedCheckRequest(context=fresh)] if context else []
         call = self.stub.CheckHashed(
             iter(first + requests), metadata=self.metadata, timeout=TIMEOUT
         )
         return list(call)
 
     def evaluate(self, requests: list[Any], *, context: bool = True) -> list[Any]:
-        named = ndop_pb2.CheckContext(register_version=self.info().version)
+        named = ndop_pb2.CheckContext(
+            register_version=self.info().version.number, request_id=str(uuid.uuid4())
+        )
         named.MergeFrom(CONTEXT)
         first = [ndop_pb2.EvaluateRequest(context=named)] if context else []
         call = self.stub.Evaluate(iter(first + requests), metadata=self.metadata, timeout=TIMEOUT)
@@ -264,11 +269,12 @@ def test_stream_without_context_is_refused(stub: Rpc, register: Register, method
 
 
 def test_check_hashed_context_only_stream_gets_summary(stub: Rpc) -> None:
-    context = ndop_pb2.CheckContext(purpose="planning", request_id="req-empty")
+    request_id = str(uuid.uuid4())
+    context = ndop_pb2.CheckContext(purpose="planning", request_id=request_id)
     responses = stub.hashed([ndop_pb2.HashedCheckRequest(context=context)], context=False)
     assert [r.HasField("summary") for r in responses] == [True]
     assert responses[0].summary.items_checked == 0
-    assert responses[0].summary.request_id == "req-empty"
+    assert responses[0].summary.request_id == request_id
 
 
 # --- private mode ------------------------------------------------------------------------

@@ -26,8 +26,9 @@ from ndop_client import (
     ServiceError,
 )
 from ndop_server.accounts import Accounts
+from ndop_server.audit_view import summarise
 from ndop_server.server import RunningServer, ServerTls, start_server
-from tests.conftest import Register, make_register, write_numbers
+from tests.conftest import GENEROUS, Register, make_register, write_numbers
 
 NDOP = [sys.executable, "-m", "ndop_client.cli.main"]
 TIMEOUT = 20.0
@@ -127,8 +128,8 @@ def register(root: Path) -> Register:
 @pytest.fixture(scope="module")
 def tokens(register: Register) -> dict[str, str]:
     with Accounts(register.store_path) as accounts:
-        issued = {name: accounts.add(name, 100_000, 100_000) for name in ("tls-org", "org-a")}
-        accounts.add("org-gone", 100_000, 100_000)
+        issued = {name: accounts.add(name, GENEROUS) for name in ("tls-org", "org-a")}
+        accounts.add("org-gone", GENEROUS)
         accounts.revoke("org-gone")
     return issued  # org-b is deliberately not an organisation
 
@@ -164,8 +165,13 @@ def no_ambient_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def audit_organisations(register: Register, request_id: str) -> list[str]:
+    """Who the audit log says made the check (one line per check, from all its rows)."""
     with Accounts(register.store_path) as accounts:
-        return [r.organisation for r in accounts.audit() if r.request_id == request_id]
+        return [
+            line.organisation
+            for line in summarise(accounts.audit())
+            if line.request_id == request_id
+        ]
 
 
 # --- dev-certs -----------------------------------------------------------------------------------

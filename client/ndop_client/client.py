@@ -145,7 +145,8 @@ class Client:
                     return self._match_private(info, unique_values, context, progress)
                 except FilterOutdated:
                     # The server moved on while this client held an older filter: once more,
-                    # with the filter of the version it serves now.
+                    # with the filter of the version it serves now, as a new request.
+                    context.request_id = str(uuid.uuid4())
                     return self._match_private(self.info(), unique_values, context, progress)
 
         return match

@@ -20,6 +20,10 @@ from ndop_core.errors import (
 )
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+# How the server words a refusal to open another check (ndop_server.limits.TooBusy), and how
+# gRPC itself words its own concurrency limit, which is not the organisation's quota.
+BUSY_PREFIXES: Final = ("this organisation already has", "the server is at its limit")
+GRPC_CONCURRENCY_LIMIT: Final = "Concurrent RPC limit exceeded!"
 CHANNEL_OPTIONS: Final = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -65,9 +69,15 @@ def translate(error: grpc.RpcError, server: str) -> NdopError:
     sentences by contract; they are passed on, never anything from the request."""
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (error.details() if isinstance(error, grpc.Call) else None) or ""
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith(BUSY_PREFIXES):
+        return ServerUnavailable(f"the ndop server at {server} is busy: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailable(
             f"cannot reach the ndop server at {server}: {_first_line(details)}"
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details == GRPC_CONCURRENCY_LIMIT:
+        return ServerUnavailable(
+            f"the ndop server at {server} is busy (too many calls at once); retry in a few seconds"
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerUnavailable(f"the ndop server at {server} did not answer in time")
@@ -77,7 +87,11 @@ def translate(error: grpc.RpcError, server: str) -> NdopError:
         return PermissionDenied(f"the server refused the request: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return QuotaExceeded(f"the server refused the check: {details}")
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+    if code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    ):
         return RequestRejected(f"the server rejected the request: {details}")
     return ServiceError(f"the ndop server failed the request ({code.name}): {_first_line(details)}")
 

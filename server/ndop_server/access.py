@@ -47,6 +47,10 @@ class Gatekeeper:
         values = [v for k, v in context.invocation_metadata() if k == "authorization"]
         if not values:
             return None
+        if len(values) > 1:
+            raise AccessDenied(
+                grpc.StatusCode.UNAUTHENTICATED, "send one authorization header, not several"
+            )
         value = values[0] if isinstance(values[0], str) else ""
         if not value.lower().startswith(_BEARER):
             raise AccessDenied(

@@ -1,10 +1,13 @@
-"""Organisations, their tokens and daily quotas, and the append-only audit log, in the store.
+"""Organisations, their tokens and limits, daily usage, and the chained audit log, in the store.
 
 Tokens are random (256 bits) and stored only as SHA-256 hashes; a presented token is found by
-its hash and compared in constant time. Usage is counted per organisation, mode and UTC day;
-a charge that would cross the quota is refused whole. The audit log is append-only: triggers
-refuse UPDATE, DELETE and INSERT OR REPLACE over an existing row. Nothing here ever holds
-an identifier, digest or element.
+its hash and compared in constant time. Each organisation has one daily budget of numbers
+across both modes, a rate (numbers per second, enforced by the server), and daily limits on
+checks and filter downloads. Every decision re-reads the organisation in the same transaction
+that charges it, so a revocation or a new limit takes effect at the next batch of a check
+already open. Usage and the audit row that explains it are written in one transaction: the
+log can never show less than was charged. The audit log is append-only (triggers) and
+hash-chained (audit_chain). Nothing here ever holds an identifier, digest or element.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
+from ndop_server import audit_chain
+from ndop_server.audit_record import AuditRecord
 from ndop_server.errors import ConfigurationError, StoreError
 
 Mode = Literal["hashed", "private"]
 MODES: Final[tuple[Mode, ...]] = ("hashed", "private")
 TOKEN_PREFIX: Final = "ndop_"
-DEFAULT_DAILY_QUOTA: Final = 2_000_000
+Counter = Literal["numbers", "checks", "filters"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS organisations (
@@ -34,8 +39,10 @@ CREATE TABLE IF NOT EXISTS organisations (
     token_sha256 BLOB NOT NULL UNIQUE,
     created_at TEXT NOT NULL,
     revoked_at TEXT,
-    hashed_daily_quota INTEGER NOT NULL,
-    private_daily_quota INTEGER NOT NULL
+    daily_quota INTEGER NOT NULL,
+    rate_per_second INTEGER NOT NULL,
+    daily_checks INTEGER NOT NULL,
+    daily_filter_downloads INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS usage (
     organisation TEXT NOT NULL,
@@ -54,8 +61,10 @@ CREATE TABLE IF NOT EXISTS audit (
     items_checked INTEGER NOT NULL,
     items_opted_out INTEGER,
     register_version INTEGER NOT NULL,
-    outcome TEXT NOT NULL
+    outcome TEXT NOT NULL,
+    chain BLOB
 );
+CREATE INDEX IF NOT EXISTS audit_by_request ON audit (request_id);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -67,41 +76,75 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one organisation may do per UTC day, and how fast."""
+
+    daily_quota: int = 2_000_000
+    """Numbers checked per day, both modes together."""
+    rate_per_second: int = 1_000_000
+    daily_checks: int = 1_000
+    daily_filter_downloads: int = 100
+
+    def check(self) -> None:
+        for name, value in vars(self).items():
+            if value < 0:
+                raise ConfigurationError(f"{name.replace('_', ' ')} cannot be negative")
+
+
+DEFAULT_LIMITS: Final = Limits()
+DEFAULT_DAILY_QUOTA: Final = DEFAULT_LIMITS.daily_quota
+
+
+@dataclass(frozen=True)
 class Organisation:
     name: str
     created_at: str
     revoked_at: str | None
-    hashed_daily_quota: int
-    private_daily_quota: int
+    limits: Limits
 
-    def quota(self, mode: Mode) -> int:
-        return self.hashed_daily_quota if mode == "hashed" else self.private_daily_quota
+    @property
+    def daily_quota(self) -> int:
+        return self.limits.daily_quota
 
 
 @dataclass(frozen=True)
-class AuditRecord:
-    at: str
-    organisation: str
-    request_id: str
-    mode: str
-    purpose: str
-    items_checked: int
-    items_opted_out: int | None
-    register_version: int
-    outcome: str
+class Usage:
+    numbers: int
+    checks: int
+    filters: int
 
 
-class QuotaExhausted(Exception):
-    """A charge would cross the organisation's daily quota; nothing was charged."""
+class Refused(Exception):
+    """A request the organisation may not make now; the message is safe to send and log."""
 
-    def __init__(self, mode: Mode, remaining: int, resets_at: datetime) -> None:
-        self.mode = mode
+
+class Revoked(Refused):
+    def __init__(self) -> None:
+        super().__init__("the organisation's access has been revoked")
+
+
+class QuotaExhausted(Refused):
+    """A charge would cross a daily limit; nothing was charged."""
+
+    def __init__(self, what: str, remaining: int, resets_at: datetime) -> None:
         self.remaining = remaining
         self.resets_at = resets_at
         super().__init__(
-            f"the daily {mode}-mode quota would be exceeded: {remaining:,} numbers left today, "
+            f"the daily {what} would be exceeded: {remaining:,} left today, "
             f"resets at {resets_at.isoformat().replace('+00:00', 'Z')}"
         )
+
+
+class DuplicateRequest(Refused):
+    def __init__(self) -> None:
+        super().__init__("this request_id was used before; make a new UUID for every check")
+
+
+_LIMIT_NAMES: Final[dict[Counter, tuple[str, str]]] = {
+    "numbers": ("daily_quota", "quota of numbers"),
+    "checks": ("daily_checks", "number of checks"),
+    "filters": ("daily_filter_downloads", "number of filter downloads"),
+}
 
 
 def _token_hash(token: str) -> bytes:
@@ -116,17 +159,31 @@ def next_reset(day: date) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
-_ORG_COLUMNS: Final = "name, created_at, revoked_at, hashed_daily_quota, private_daily_quota"
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+_LIMIT_COLUMNS: Final = "daily_quota, rate_per_second, daily_checks, daily_filter_downloads"
+_ORG_COLUMNS: Final = f"name, created_at, revoked_at, {_LIMIT_COLUMNS}"
 _AUDIT_COLUMNS: Final = (
     "at, organisation, request_id, mode, purpose, items_checked, items_opted_out, "
     "register_version, outcome"
 )
 
 
-class Accounts:
-    """Organisations, usage and audit on the store file. Safe to share between threads."""
+def _organisation(row: tuple[Any, ...]) -> Organisation:
+    name, created, revoked, *limits = row
+    return Organisation(name, created, revoked, Limits(*limits))
 
-    def __init__(self, store_path: Path) -> None:
+
+class Accounts:
+    """Organisations, usage and audit on the store file. Safe to share between threads.
+
+    `audit_key` (from the keys file) chains the audit rows this process writes; without it the
+    log can be read but not written.
+    """
+
+    def __init__(self, store_path: Path, audit_key: bytes | None = None) -> None:
         if not store_path.exists():
             raise StoreError(
                 f"register store {store_path} does not exist; run 'ndop register load'"
@@ -134,11 +191,18 @@ class Accounts:
         self._db = sqlite3.connect(store_path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        # WAL with NORMAL survives the process being killed at any moment; only a power cut
+        # can lose the last commits, and a commit per batch stays cheap.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
+        self._audit_key = audit_key
+        with self._write() as db:
+            _upgrade(db)
+        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Accounts:
         return self
@@ -159,21 +223,28 @@ class Accounts:
 
     # --- organisations ----------------------------------------------------------------------
 
-    def add(self, name: str, hashed_quota: int, private_quota: int) -> str:
+    def add(self, name: str, limits: Limits = DEFAULT_LIMITS) -> str:
         """Create an organisation; returns its token, which is not stored and not shown again."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ConfigurationError(
                 "an organisation name uses letters, digits, '-', '_' and '.' only"
             )
-        _check_quota(hashed_quota)
-        _check_quota(private_quota)
+        limits.check()
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         try:
             with self._write() as db:
                 db.execute(
                     f"INSERT INTO organisations ({_ORG_COLUMNS}, token_sha256) "
-                    "VALUES (?, ?, NULL, ?, ?, ?)",
-                    (name, _now(), hashed_quota, private_quota, _token_hash(token)),
+                    "VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        now(),
+                        limits.daily_quota,
+                        limits.rate_per_second,
+                        limits.daily_checks,
+                        limits.daily_filter_downloads,
+                        _token_hash(token),
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise ConfigurationError(f"organisation {name!r} already exists") from exc
@@ -184,34 +255,44 @@ class Accounts:
             row = self._db.execute(
                 f"SELECT {_ORG_COLUMNS} FROM organisations WHERE name = ?", (name,)
             ).fetchone()
-        return None if row is None else Organisation(*row)
+        return None if row is None else _organisation(row)
 
     def organisations(self) -> list[Organisation]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_ORG_COLUMNS} FROM organisations ORDER BY name"
             ).fetchall()
-        return [Organisation(*row) for row in rows]
+        return [_organisation(row) for row in rows]
 
     def revoke(self, name: str) -> None:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE organisations SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (_now(), name),
+                (now(), name),
             )
             if cursor.rowcount == 0:
                 raise ConfigurationError(f"no active organisation named {name!r}")
 
-    def set_quota(self, name: str, mode: Mode | None, daily: int) -> None:
-        _check_quota(daily)
-        columns = [f"{m}_daily_quota" for m in MODES if mode in (None, m)]
+    def set_limits(self, name: str, **changes: int) -> Organisation:
+        """Change some of an organisation's limits (daily_quota=..., rate_per_second=...)."""
+        current = self.get(name)
+        if current is None:
+            raise ConfigurationError(f"no organisation named {name!r}")
+        limits = replace(current.limits, **changes)
+        limits.check()
         with self._write() as db:
-            cursor = db.execute(
-                f"UPDATE organisations SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
-                (*([daily] * len(columns)), name),
+            db.execute(
+                "UPDATE organisations SET daily_quota = ?, rate_per_second = ?, "
+                "daily_checks = ?, daily_filter_downloads = ? WHERE name = ?",
+                (
+                    limits.daily_quota,
+                    limits.rate_per_second,
+                    limits.daily_checks,
+                    limits.daily_filter_downloads,
+                    name,
+                ),
             )
-            if cursor.rowcount == 0:
-                raise ConfigurationError(f"no organisation named {name!r}")
+        return replace(current, limits=limits)
 
     def authenticate(self, token: str) -> Organisation | None:
         """The active organisation holding `token`, or None."""
@@ -221,57 +302,101 @@ class Accounts:
                 f"SELECT {_ORG_COLUMNS}, token_sha256 FROM organisations WHERE token_sha256 = ?",
                 (presented,),
             ).fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[5]), presented):
+        if row is None or not hmac.compare_digest(bytes(row[-1]), presented):
             return None
-        organisation = Organisation(*row[:5])
+        organisation = _organisation(row[:-1])
         return None if organisation.revoked_at else organisation
 
-    # --- quotas -----------------------------------------------------------------------------
+    # --- usage ------------------------------------------------------------------------------
 
-    def remaining(self, organisation: Organisation, mode: Mode) -> int:
+    def usage(self, name: str, day: date | None = None) -> Usage:
+        day_text = (day or today()).isoformat()
         with self._lock:
-            row = self._db.execute(
-                "SELECT used FROM usage WHERE organisation = ? AND mode = ? AND day = ?",
-                (organisation.name, mode, today().isoformat()),
-            ).fetchone()
-        return max(organisation.quota(mode) - (row[0] if row else 0), 0)
-
-    def charge(self, organisation: Organisation, mode: Mode, items: int) -> None:
-        """Count `items` against today's quota, or raise QuotaExhausted and count nothing."""
-        day = today()
-        with self._write() as db:
-            row = db.execute(
-                "SELECT used FROM usage WHERE organisation = ? AND mode = ? AND day = ?",
-                (organisation.name, mode, day.isoformat()),
-            ).fetchone()
-            used = row[0] if row else 0
-            limit = organisation.quota(mode)
-            if used + items > limit:
-                raise QuotaExhausted(mode, max(limit - used, 0), next_reset(day))
-            db.execute(
-                "INSERT INTO usage (organisation, mode, day, used) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (organisation, mode, day) DO UPDATE SET used = used + excluded.used",
-                (organisation.name, mode, day.isoformat(), items),
+            rows = dict(
+                self._db.execute(
+                    "SELECT mode, used FROM usage WHERE organisation = ? AND day = ?",
+                    (name, day_text),
+                ).fetchall()
             )
+        return Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
 
-    # --- audit ------------------------------------------------------------------------------
+    def remaining(self, name: str) -> int:
+        organisation = self.get(name)
+        if organisation is None:
+            return 0
+        return max(organisation.daily_quota - self.usage(name).numbers, 0)
+
+    # --- decisions, each with the audit row that records it --------------------------------
+
+    def open_check(self, entry: AuditRecord, reserve: int) -> None:
+        """Count a check, reserve its declared numbers and write its `started` row; refuse
+        whole (Revoked, QuotaExhausted, DuplicateRequest) and write nothing otherwise."""
+        with self._write() as db:
+            _active(db, entry.organisation)
+            if db.execute(
+                "SELECT 1 FROM audit WHERE request_id = ? LIMIT 1", (entry.request_id,)
+            ).fetchone():
+                raise DuplicateRequest()
+            _charge(db, entry.organisation, "checks", 1)
+            _charge(db, entry.organisation, "numbers", reserve)
+            self._append(db, entry)
+
+    def answer_batch(self, entry: AuditRecord, charge: int) -> Limits:
+        """Charge `charge` more numbers (0 when reserved) and record the batch as answered;
+        the organisation's limits as they stand now."""
+        with self._write() as db:
+            limits = _active(db, entry.organisation)
+            _charge(db, entry.organisation, "numbers", charge)
+            self._append(db, entry)
+        return limits
+
+    def close_check(self, entry: AuditRecord, refund: int) -> None:
+        """Write the closing row, giving back numbers reserved but never sent."""
+        with self._write() as db:
+            if refund:
+                db.execute(
+                    "UPDATE usage SET used = max(used - ?, 0) "
+                    "WHERE organisation = ? AND mode = 'numbers' AND day = ?",
+                    (refund, entry.organisation, today().isoformat()),
+                )
+            self._append(db, entry)
+
+    def filter_download(self, entry: AuditRecord) -> None:
+        with self._write() as db:
+            _active(db, entry.organisation)
+            _charge(db, entry.organisation, "filters", 1)
+            self._append(db, entry)
 
     def record(self, entry: AuditRecord) -> None:
         with self._write() as db:
-            db.execute(
-                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.at,
-                    entry.organisation,
-                    entry.request_id,
-                    entry.mode,
-                    entry.purpose,
-                    entry.items_checked,
-                    entry.items_opted_out,
-                    entry.register_version,
-                    entry.outcome,
-                ),
-            )
+            self._append(db, entry)
+
+    def _append(self, db: sqlite3.Connection, entry: AuditRecord) -> None:
+        if self._audit_key is None:
+            raise StoreError("audit rows can only be written with the register's keys file")
+        last = db.execute("SELECT id, chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        previous = bytes(last[1]) if last and last[1] is not None else audit_chain.GENESIS
+        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+        row_id = max(last[0] if last else 0, sequence[0] if sequence else 0) + 1
+        db.execute(
+            f"INSERT INTO audit (id, {_AUDIT_COLUMNS}, chain) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row_id,
+                entry.at,
+                entry.organisation,
+                entry.request_id,
+                entry.mode,
+                entry.purpose,
+                entry.items_checked,
+                entry.items_opted_out,
+                entry.register_version,
+                entry.outcome,
+                audit_chain.link(self._audit_key, previous, row_id, entry),
+            ),
+        )
+
+    # --- reading the audit log ------------------------------------------------------------
 
     def audit(self, organisation: str | None = None, since: str | None = None) -> list[AuditRecord]:
         clauses, parameters = [], []
@@ -288,11 +413,65 @@ class Accounts:
             ).fetchall()
         return [AuditRecord(*row) for row in rows]
 
+    def verify_audit(self, key: bytes) -> audit_chain.ChainReport:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, {_AUDIT_COLUMNS}, chain FROM audit ORDER BY id"
+            ).fetchall()
+        return audit_chain.verify(
+            key,
+            (
+                (row[0], AuditRecord(*row[1:-1]), None if row[-1] is None else bytes(row[-1]))
+                for row in rows
+            ),
+        )
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+def _active(db: sqlite3.Connection, name: str) -> Limits:
+    row = db.execute(
+        f"SELECT revoked_at, {_LIMIT_COLUMNS} FROM organisations WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None or row[0] is not None:
+        raise Revoked()
+    return Limits(*row[1:])
 
 
-def _check_quota(daily: int) -> None:
-    if daily < 0:
-        raise ConfigurationError("a daily quota cannot be negative")
+def _charge(db: sqlite3.Connection, name: str, counter: Counter, amount: int) -> None:
+    """Add `amount` to today's `counter`, or raise QuotaExhausted and add nothing."""
+    if amount <= 0:
+        return
+    column, what = _LIMIT_NAMES[counter]
+    (limit,) = db.execute(f"SELECT {column} FROM organisations WHERE name = ?", (name,)).fetchone()
+    day = today()
+    row = db.execute(
+        "SELECT used FROM usage WHERE organisation = ? AND mode = ? AND day = ?",
+        (name, counter, day.isoformat()),
+    ).fetchone()
+    used = row[0] if row else 0
+    if used + amount > limit:
+        raise QuotaExhausted(what, max(limit - used, 0), next_reset(day))
+    db.execute(
+        "INSERT INTO usage (organisation, mode, day, used) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (organisation, mode, day) DO UPDATE SET used = used + excluded.used",
+        (name, counter, day.isoformat(), amount),
+    )
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier ndop to this schema: one daily budget across both
+    modes (the larger of the two old ones), default rate and daily limits, a chain column."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(organisations)")}
+    if "hashed_daily_quota" in columns:
+        for name, value in (
+            ("daily_quota", "max(hashed_daily_quota, private_daily_quota)"),
+            ("rate_per_second", str(DEFAULT_LIMITS.rate_per_second)),
+            ("daily_checks", str(DEFAULT_LIMITS.daily_checks)),
+            ("daily_filter_downloads", str(DEFAULT_LIMITS.daily_filter_downloads)),
+        ):
+            db.execute(f"ALTER TABLE organisations ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            db.execute(f"UPDATE organisations SET {name} = {value}")
+        db.execute("ALTER TABLE organisations DROP COLUMN hashed_daily_quota")
+        db.execute("ALTER TABLE organisations DROP COLUMN private_daily_quota")
+    audit_columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+    if audit_columns and "chain" not in audit_columns:
+        db.execute("ALTER TABLE audit ADD COLUMN chain BLOB")

@@ -13,7 +13,7 @@ from ndop_server.cli_access import add_access_commands
 from ndop_server.errors import ConfigurationError
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
-from ndop_server.server import ServerTls, serve_until_signalled, start_server
+from ndop_server.server import ServerTls, ServingLimits, serve_until_signalled, start_server
 from ndop_server.store import Store
 
 
@@ -101,6 +101,38 @@ def _serve_command(commands: Any) -> None:
     )
     serve.add_argument(
         "--poll-seconds", type=float, default=1.0, help="how often to look for a new version"
+    )
+    defaults = ServingLimits()
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        metavar="SECONDS",
+        help=f"close a check whose client sends or reads nothing for this long "
+        f"(default {defaults.idle_timeout:g})",
+    )
+    serve.add_argument(
+        "--max-checks-per-org",
+        type=int,
+        default=defaults.checks_per_organisation,
+        metavar="N",
+        help=f"checks one organisation may have open at once "
+        f"(default {defaults.checks_per_organisation})",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=defaults.drain_seconds,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long checks in flight may finish before they are cut off "
+        f"and audited as aborted (default {defaults.drain_seconds:g})",
+    )
+    serve.add_argument(
+        "--max-workers",
+        type=int,
+        default=defaults.max_workers,
+        metavar="N",
+        help=f"worker threads (default {defaults.max_workers})",
     )
     _log_options(serve)
     serve.set_defaults(handler=_serve)
@@ -220,6 +252,12 @@ def _serve(args: argparse.Namespace) -> int:
         tls=tls,
         insecure=args.insecure,
         poll_seconds=args.poll_seconds,
+        limits=ServingLimits(
+            idle_timeout=args.idle_timeout,
+            checks_per_organisation=args.max_checks_per_org,
+            drain_seconds=args.drain_seconds,
+            max_workers=args.max_workers,
+        ),
         allow_insecure_non_loopback=args.insecure_any_address,
     )
     serve_until_signalled(running)

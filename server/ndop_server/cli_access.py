@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from ndop_server.accounts import DEFAULT_DAILY_QUOTA, MODES, Accounts
+from ndop_server import keys as keyfile
+from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits
+from ndop_server.audit_chain import audit_key
+from ndop_server.audit_view import AuditLine, summarise
 from ndop_server.devcerts import make_dev_certificates
+from ndop_server.errors import ConfigurationError
 from ndop_server.store import Store
+
+LIMIT_OPTIONS: Final = (
+    ("--daily-quota", "daily_quota", "numbers per UTC day, both modes together"),
+    ("--rate", "rate_per_second", "numbers per second (0: no limit)"),
+    ("--daily-checks", "daily_checks", "checks per UTC day"),
+    ("--daily-filter-downloads", "daily_filter_downloads", "filter downloads per UTC day"),
+)
+
+
+def _limit_options(parser: argparse.ArgumentParser, defaults: Limits | None) -> None:
+    for flag, field_name, what in LIMIT_OPTIONS:
+        default = getattr(defaults, field_name) if defaults else None
+        suffix = f" (default {default:,})" if default is not None else ""
+        parser.add_argument(flag, type=int, dest=field_name, default=default, help=what + suffix)
 
 
 def add_access_commands(commands: Any) -> None:
@@ -20,17 +40,10 @@ def add_access_commands(commands: Any) -> None:
     add = org.add_parser("add", help="create an organisation and print its token once")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--store", type=Path, required=True)
-    add.add_argument(
-        "--daily-quota",
-        type=int,
-        default=DEFAULT_DAILY_QUOTA,
-        help=f"numbers per UTC day in each mode (default {DEFAULT_DAILY_QUOTA:,})",
-    )
-    add.add_argument("--hashed-quota", type=int, help="override the daily quota for hashed mode")
-    add.add_argument("--private-quota", type=int, help="override the daily quota for private mode")
+    _limit_options(add, DEFAULT_LIMITS)
     add.set_defaults(handler=_org_add)
 
-    listing = org.add_parser("list", help="organisations, their quotas and whether revoked")
+    listing = org.add_parser("list", help="organisations, their limits, today's use, status")
     listing.add_argument("--store", type=Path, required=True)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_org_list)
@@ -40,19 +53,25 @@ def add_access_commands(commands: Any) -> None:
     revoke.add_argument("--store", type=Path, required=True)
     revoke.set_defaults(handler=_org_revoke)
 
-    quota = org.add_parser("quota", help="change an organisation's daily quota")
+    quota = org.add_parser("quota", help="change an organisation's limits (open checks too)")
     quota.add_argument("name", metavar="NAME")
     quota.add_argument("--store", type=Path, required=True)
-    quota.add_argument("--daily-quota", type=int, required=True)
-    quota.add_argument("--mode", choices=MODES, help="only this mode (default: both)")
+    _limit_options(quota, None)
     quota.set_defaults(handler=_org_quota)
 
-    audit = commands.add_parser("audit", help="print the audit log")
-    audit.add_argument("--store", type=Path, required=True)
+    audit = commands.add_parser("audit", help="the audit log: read it, or verify its chain")
+    audit.add_argument("--store", type=Path)
     audit.add_argument("--org", metavar="NAME")
     audit.add_argument("--since", metavar="DATE", help="ISO date or time (UTC)")
     audit.add_argument("--json", action="store_true")
+    audit.add_argument("--events", action="store_true", help="every row, not one line per check")
     audit.set_defaults(handler=_audit)
+    verify = audit.add_subparsers(dest="audit_command").add_parser(
+        "verify", help="check the audit log's hash chain; says which rows were tampered with"
+    )
+    verify.add_argument("--store", type=Path, required=True)
+    verify.add_argument("--keys", type=Path, required=True)
+    verify.set_defaults(handler=_audit_verify)
 
     certs = commands.add_parser("dev-certs", help="local CA and certificates for trying TLS")
     certs.add_argument("directory", type=Path, metavar="DIR")
@@ -62,17 +81,30 @@ def add_access_commands(commands: Any) -> None:
     certs.set_defaults(handler=_dev_certs)
 
 
-def _accounts(store: Path) -> Accounts:
+def _accounts(store: Path | None) -> Accounts:
+    if store is None:
+        raise ConfigurationError("give --store STORE")
     Store(store, create=True).close()
     return Accounts(store)
 
 
+def _limits_given(args: argparse.Namespace) -> dict[str, int]:
+    return {
+        field_name: getattr(args, field_name)
+        for _, field_name, _ in LIMIT_OPTIONS
+        if getattr(args, field_name) is not None
+    }
+
+
 def _org_add(args: argparse.Namespace) -> int:
-    hashed = args.hashed_quota if args.hashed_quota is not None else args.daily_quota
-    private = args.private_quota if args.private_quota is not None else args.daily_quota
+    limits = Limits(**_limits_given(args))
     with _accounts(args.store) as accounts:
-        token = accounts.add(args.name, hashed, private)
-    print(f"created organisation {args.name} (daily quota: hashed {hashed:,}, private {private:,})")
+        token = accounts.add(args.name, limits)
+    print(
+        f"created organisation {args.name} (per day: {limits.daily_quota:,} numbers, "
+        f"{limits.daily_checks:,} checks, {limits.daily_filter_downloads:,} filter downloads; "
+        f"rate {limits.rate_per_second:,}/s)"
+    )
     print("its API token, shown this once (store it in a secret manager, pass it as NDOP_TOKEN):")
     print(token)
     return 0
@@ -80,48 +112,113 @@ def _org_add(args: argparse.Namespace) -> int:
 
 def _org_list(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
-        organisations = accounts.organisations()
+        rows = [(o, accounts.usage(o.name)) for o in accounts.organisations()]
     if args.json:
-        print(json.dumps([asdict(o) for o in organisations], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": o.name,
+                        "created_at": o.created_at,
+                        "revoked_at": o.revoked_at,
+                        "limits": asdict(o.limits),
+                        "today": asdict(used),
+                    }
+                    for o, used in rows
+                ],
+                indent=2,
+            )
+        )
         return 0
-    print(f"{'organisation':<30} {'hashed/day':>12} {'private/day':>12}  status")
-    for o in organisations:
+    print(
+        f"{'organisation':<28} {'numbers today':>22} {'checks today':>14} "
+        f"{'filters today':>13} {'rate/s':>10}  status"
+    )
+    for o, used in rows:
         status = f"revoked {o.revoked_at}" if o.revoked_at else "active"
-        print(f"{o.name:<30} {o.hashed_daily_quota:>12,} {o.private_daily_quota:>12,}  {status}")
+        limits = o.limits
+        print(
+            f"{o.name:<28} {f'{used.numbers:,}/{limits.daily_quota:,}':>22} "
+            f"{f'{used.checks:,}/{limits.daily_checks:,}':>14} "
+            f"{f'{used.filters:,}/{limits.daily_filter_downloads:,}':>13} "
+            f"{limits.rate_per_second:>10,}  {status}"
+        )
     return 0
 
 
 def _org_revoke(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
         accounts.revoke(args.name)
-    print(f"revoked organisation {args.name}")
+    print(f"revoked organisation {args.name}; its open checks stop at their next batch")
     return 0
 
 
 def _org_quota(args: argparse.Namespace) -> int:
+    changes = _limits_given(args)
+    if not changes:
+        raise ConfigurationError(
+            "say what to change: " + ", ".join(flag for flag, _, _ in LIMIT_OPTIONS)
+        )
     with _accounts(args.store) as accounts:
-        accounts.set_quota(args.name, args.mode, args.daily_quota)
-    print(f"{args.name}: daily quota {args.daily_quota:,} for {args.mode or 'both modes'}")
+        organisation = accounts.set_limits(args.name, **changes)
+    limits = organisation.limits
+    print(
+        f"{args.name}: per day {limits.daily_quota:,} numbers, {limits.daily_checks:,} checks, "
+        f"{limits.daily_filter_downloads:,} filter downloads; rate {limits.rate_per_second:,}/s "
+        "(open checks follow at their next batch)"
+    )
     return 0
+
+
+def _since(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"--since {text!r} is not an ISO date or time, e.g. 2026-11-01 or 2026-11-01T09:30"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def _audit(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
-        records = accounts.audit(args.org, args.since)
+        records = accounts.audit(args.org, _since(args.since))
+    lines = [AuditLine(**vars(r)) for r in records] if args.events else summarise(records)
     if args.json:
-        print(json.dumps([asdict(r) for r in records], indent=2))
+        print(json.dumps([asdict(line) for line in lines], indent=2))
         return 0
     print(
         f"{'time (UTC)':<29} {'organisation':<20} {'mode':<8} {'purpose':<12} "
         f"{'checked':>10} {'opted out':>10} {'version':>8}  outcome  request"
     )
-    for r in records:
+    for r in lines:
         opted = "-" if r.items_opted_out is None else f"{r.items_opted_out:,}"
         print(
             f"{r.at:<29} {r.organisation:<20} {r.mode:<8} {r.purpose:<12} "
             f"{r.items_checked:>10,} {opted:>10} {r.register_version:>8}  {r.outcome}  "
             f"{r.request_id}"
         )
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    keys = keyfile.load(args.keys)
+    with _accounts(args.store) as accounts:
+        report = accounts.verify_audit(audit_key(keys.store_key))
+    for problem in report.problems:
+        print(f"ndop: audit log tampered: {problem}", file=sys.stderr)
+    if not report.intact:
+        return 1
+    older = f"; {report.unchained:,} older rows predate the chain" if report.unchained else ""
+    print(
+        f"audit chain intact: {report.rows:,} rows, last row {report.last_id}, "
+        f"head {report.head.hex()[:16]}{older}"
+    )
+    print("note the head: rows removed from the end can only be noticed against an earlier note")
     return 0
 
 

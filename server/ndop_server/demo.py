@@ -23,7 +23,7 @@ import numpy as np
 
 from ndop_core import receipts
 from ndop_server import keys as keyfile
-from ndop_server.accounts import DEFAULT_DAILY_QUOTA, Accounts
+from ndop_server.accounts import Accounts
 from ndop_server.errors import ConfigurationError
 from ndop_server.logs import configure
 from ndop_server.register import Publisher
@@ -88,7 +88,7 @@ def run_demo(directory: Path, modes: str) -> int:
     print(f"   published version {record.version}: {record.count:,} entries")
     print(f"{next(steps)}. ndop org add demo-research-org  (its API token is printed once)")
     with Accounts(store_path) as accounts:
-        token = accounts.add("demo-research-org", DEFAULT_DAILY_QUOTA, DEFAULT_DAILY_QUOTA)
+        token = accounts.add("demo-research-org")
 
     running = start_server(
         store_path, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=0.2

@@ -17,16 +17,45 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
+from ndop_server.audit_chain import audit_key
+from ndop_server.audit_record import ABORTED
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
+from ndop_server.limits import StreamLimiter
 from ndop_server.listen import bind_problem, format_listen, is_loopback, parse_listen
 from ndop_server.reflection import enable_reflection
 from ndop_server.register_view import RegisterHolder
-from ndop_server.service import OptOutRegisterService
+from ndop_server.service import OptOutRegisterService, Safeguards
+from ndop_server.watchdog import IdleWatchdog
 
 SERVICE_NAME: Final = ndop_pb2.DESCRIPTOR.services_by_name["OptOutRegister"].full_name
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
-GRACE_SECONDS: Final = 10.0
+RESERVED_WORKERS: Final = 4
+"""Worker threads check streams can never take: health checks and short calls always run."""
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """How the server protects itself and its organisations from each other."""
+
+    idle_timeout: float = 60.0
+    """Seconds a stream may wait on its client (for a request, or to take an answer)."""
+    checks_per_organisation: int = 4
+    """Check streams one organisation may hold open at once."""
+    drain_seconds: float = 120.0
+    """On SIGTERM: how long checks in flight may run on before they are cut off as aborted."""
+    max_workers: int = 32
+
+    def check(self) -> None:
+        if self.idle_timeout <= 0 or self.drain_seconds < 0:
+            raise ConfigurationError(
+                "--idle-timeout must be positive and --drain-seconds not negative"
+            )
+        if self.checks_per_organisation < 1:
+            raise ConfigurationError("--max-checks-per-org must be at least 1")
+        if self.max_workers <= RESERVED_WORKERS:
+            raise ConfigurationError(f"--max-workers must be more than {RESERVED_WORKERS}")
+
 
 log = structlog.get_logger("ndop.server")
 
@@ -78,11 +107,21 @@ class RunningServer:
     holder: RegisterHolder
     accounts: Accounts
     health: health.HealthServicer
+    safeguards: Safeguards
+    limits: ServingLimits
     client_cert_port: int | None = None
 
-    def stop(self, grace: float = GRACE_SECONDS) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let checks in flight run for `grace` seconds (the limits' drain
+        time by default), cut off the rest, audit them as aborted, then close the store."""
+        drain = self.limits.drain_seconds if grace is None else grace
+        open_checks = self.safeguards.open_checks
+        open_checks.draining = True
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.server.stop(drain).wait()
+        for session in open_checks.wait_closed(timeout=10.0):
+            session.end(ABORTED)
+        self.safeguards.watchdog.stop()
         self.holder.stop()
         self.accounts.close()
 
@@ -95,11 +134,13 @@ def start_server(
     tls: ServerTls | None,
     insecure: bool = False,
     poll_seconds: float = 1.0,
-    max_workers: int = 32,
+    limits: ServingLimits | None = None,
     allow_insecure_non_loopback: bool = False,
 ) -> RunningServer:
     """Serve the store on `listen` (HOST:PORT). Plaintext (`insecure`, no `tls`) is refused
     on any address but loopback unless `allow_insecure_non_loopback`."""
+    limits = limits or ServingLimits()
+    limits.check()
     address = parse_listen(listen)
     addresses = [address]
     if tls is None:
@@ -117,7 +158,13 @@ def start_server(
     )
     if holder.current is None:
         _set_health(health_servicer, serving=False)
-    accounts = Accounts(store_path)
+    accounts = Accounts(store_path, audit_key(keys.store_key))
+    safeguards = Safeguards(
+        watchdog=IdleWatchdog(limits.idle_timeout),
+        streams=StreamLimiter(
+            limits.checks_per_organisation, limits.max_workers - RESERVED_WORKERS
+        ),
+    )
     try:
         if holder.register_id not in (None, keys.register_id):
             raise ConfigurationError(
@@ -125,7 +172,7 @@ def start_server(
                 f"but the keys file is for {keys.register_id}"
             )
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            ThreadPoolExecutor(max_workers=limits.max_workers, thread_name_prefix="rpc"),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -133,10 +180,10 @@ def start_server(
                 # would silently take half the connections instead of failing to start.
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=max_workers * 4,
+            maximum_concurrent_rpcs=limits.max_workers * 4,
         )
         ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(
-            OptOutRegisterService(holder, keys, accounts), server
+            OptOutRegisterService(holder, keys, accounts, safeguards), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
@@ -150,6 +197,7 @@ def start_server(
         raise
     server.start()
     holder.start()
+    safeguards.watchdog.start()
     if tls is None and not is_loopback(address[0]):
         log.warning("server.insecure_non_loopback", listen=format_listen(*address))
     current = holder.current
@@ -161,7 +209,9 @@ def start_server(
         tls="off" if tls is None else tls.mode,
         register_version=current.version if current else 0,
     )
-    return RunningServer(server, port, holder, accounts, health_servicer, client_cert_port)
+    return RunningServer(
+        server, port, holder, accounts, health_servicer, safeguards, limits, client_cert_port
+    )
 
 
 def _check_insecure(address: tuple[str, int], *, insecure: bool, any_address: bool) -> None:

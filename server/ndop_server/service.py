@@ -8,6 +8,8 @@ broken; nothing a client sends can stop the server or reach a log.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Final, NoReturn, TypeVar
 
 import grpc
@@ -19,13 +21,31 @@ from ndop_core.crypto import oprf
 from ndop_core.hashing import DIGEST_SIZE, SCHEME
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.access import AccessDenied, Gatekeeper
-from ndop_server.accounts import Accounts, Mode, Organisation, QuotaExhausted
+from ndop_server.accounts import (
+    Accounts,
+    DuplicateRequest,
+    Mode,
+    Organisation,
+    QuotaExhausted,
+    Revoked,
+    now,
+)
+from ndop_server.audit_record import (
+    AUTH_FAILED,
+    CANCELLED,
+    COMPLETED,
+    FILTER_DOWNLOAD,
+    IDLE_TIMEOUT,
+    AuditRecord,
+)
 from ndop_server.keys import RegisterKeys
+from ndop_server.limits import EventBudget, RateLimiter, StreamLimiter, TooBusy
 from ndop_server.matching import MAX_BATCH_ITEMS, BatchRejected, Evaluator, HashedMatcher
 from ndop_server.receipts import ReceiptSigner
 from ndop_server.register_view import RegisterHolder, RegisterView
-from ndop_server.sessions import CheckRefused, CheckSession, Served, VersionNotHeld
+from ndop_server.sessions import CheckRefused, CheckSession, OpenChecks, Served, VersionNotHeld
 from ndop_server.tokens import Tokenizer
+from ndop_server.watchdog import IdleWatchdog
 
 FILTER_CHUNK_BYTES: Final = 1 << 20
 log = structlog.get_logger("ndop.server")
@@ -44,11 +64,43 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("context.abort returned")
 
 
+@dataclass
+class Safeguards:
+    """What keeps one organisation from starving the others, shared by every call."""
+
+    watchdog: IdleWatchdog
+    streams: StreamLimiter
+    rates: RateLimiter = field(default_factory=RateLimiter)
+    open_checks: OpenChecks = field(default_factory=OpenChecks)
+    auth_failures: EventBudget = field(default_factory=EventBudget)
+
+
+_REFUSALS: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
+    (BatchRejected, grpc.StatusCode.INVALID_ARGUMENT),
+    (CheckRefused, grpc.StatusCode.INVALID_ARGUMENT),
+    (DuplicateRequest, grpc.StatusCode.ALREADY_EXISTS),
+    (Revoked, grpc.StatusCode.PERMISSION_DENIED),
+    (QuotaExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (VersionNotHeld, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def _status_of(error: Exception) -> grpc.StatusCode:
+    return next(code for kind, code in _REFUSALS if isinstance(error, kind))
+
+
 class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: ignore[misc]
-    def __init__(self, holder: RegisterHolder, keys: RegisterKeys, accounts: Accounts) -> None:
+    def __init__(
+        self,
+        holder: RegisterHolder,
+        keys: RegisterKeys,
+        accounts: Accounts,
+        safeguards: Safeguards,
+    ) -> None:
         self._holder = holder
         self._keys = keys
         self._accounts = accounts
+        self._guards = safeguards
         self._gatekeeper = Gatekeeper(accounts)
         self._signer = ReceiptSigner(keys.signing_key)
         self._hashed = HashedMatcher(Tokenizer(keys.store_key))
@@ -56,11 +108,35 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
 
     # --- common -----------------------------------------------------------------------------
 
-    def _organisation(self, context: grpc.ServicerContext) -> Organisation:
+    def _organisation(self, context: grpc.ServicerContext, call: str) -> Organisation:
         try:
             return self._gatekeeper.organisation(context)
         except AccessDenied as exc:
+            self._authentication_failed(context, call, exc)
             _abort(context, exc.code, str(exc))
+
+    def _authentication_failed(
+        self, context: grpc.ServicerContext, call: str, error: AccessDenied
+    ) -> None:
+        """Log and audit a refused credential (never the credential), at most a few times a
+        minute per peer address so that a flood cannot flood the log."""
+        peer = _peer_address(context.peer())
+        if not self._guards.auth_failures.allow(peer):
+            return
+        log.warning("auth.failed", peer=peer, call=call, code=error.code.name, reason=str(error))
+        self._accounts.record(
+            AuditRecord(
+                at=now(),
+                organisation="-",
+                request_id="-",
+                mode=call,
+                purpose="-",
+                items_checked=0,
+                items_opted_out=None,
+                register_version=0,
+                outcome=AUTH_FAILED,
+            )
+        )
 
     def _view(self, context: grpc.ServicerContext) -> RegisterView:
         view = self._holder.current
@@ -77,58 +153,80 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         context: grpc.ServicerContext,
         mode: Mode,
         requests: Iterator[Request],
+        pin: Callable[[ndop_pb2.CheckContext], Served],
         answer: Callable[[Request, CheckSession], Response | None],
-        served: Callable[[CheckSession], Served],
         summary: Callable[[ndop_pb2.CheckSummary], Response],
     ) -> Iterator[Response]:
-        """The stream both modes share: context first, then batches, then a signed summary."""
-        organisation = self._organisation(context)
-        session = CheckSession(
-            self._accounts, self._signer, self._keys.register_id, organisation, mode
-        )
-        outcome = "cancelled"
-        try:
-            for position, request in enumerate(requests):
-                if position == 0:
-                    session.begin(request.context)
-                response = answer(request, session)
-                if response is not None:
-                    yield response
-            if not session.purpose:
-                raise CheckRefused("a check must open with its context: purpose and request id")
-            if not context.is_active():
-                return
-            done = served(session)
-            yield summary(
-                ndop_pb2.CheckSummary(
-                    request_id=session.request_id,
-                    register_version=done.version,
-                    register_count=done.count,
-                    items_checked=session.items,
-                    items_opted_out=session.opted_out,
-                    receipt=session.receipt(done),
+        """The stream both modes share: context first, then batches, then a signed summary.
+        Every exit writes the check's closing audit row."""
+        organisation = self._organisation(context, "check")
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._guards.streams.hold(organisation.name))
+            except TooBusy as exc:
+                log.info("check.busy", organisation=organisation.name, mode=mode)
+                _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            watch = self._guards.watchdog.watch(context)
+            stack.callback(watch.close)
+            session = CheckSession(
+                self._accounts,
+                self._signer,
+                self._keys.register_id,
+                organisation,
+                mode,
+                self._guards.rates,
+                self._guards.open_checks,
+            )
+            outcome = CANCELLED
+            stack.callback(lambda: session.end(outcome))
+            try:
+                for position, request in enumerate(watch.requests(requests)):
+                    if position == 0:
+                        session.begin(request.context, pin(request.context))
+                    response = answer(request, session)
+                    if response is not None:
+                        watch.wait_on_client()
+                        yield response
+                        watch.client_moved()
+                if not session.purpose:
+                    raise CheckRefused("a check must open with its context: purpose and request id")
+                if not context.is_active():
+                    return
+                yield summary(
+                    ndop_pb2.CheckSummary(
+                        request_id=session.request_id,
+                        register_version=session.served.version,
+                        register_count=session.served.count,
+                        items_checked=session.items,
+                        items_opted_out=session.opted_out,
+                        receipt=session.receipt(),
+                    )
                 )
-            )
-            # Only reached once gRPC has taken the summary; a client that hung up before it
-            # closes this generator at the yield above and the check is audited as cancelled.
-            outcome = "completed"
-        except (BatchRejected, CheckRefused) as exc:
-            self._refuse(context, session, served(session), grpc.StatusCode.INVALID_ARGUMENT, exc)
-        except QuotaExhausted as exc:
-            self._refuse(context, session, served(session), grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
-        except VersionNotHeld as exc:
-            self._refuse(
-                context, session, served(session), grpc.StatusCode.FAILED_PRECONDITION, exc
-            )
-        finally:
-            session.end(served(session), outcome)
+                # Only reached once gRPC has taken the summary; a client that hung up before
+                # it closes this generator at the yield above and the check stays cancelled.
+                outcome = COMPLETED
+            except tuple(kind for kind, _ in _REFUSALS) as exc:
+                code = _status_of(exc)
+                outcome = code.name.lower().replace("_", "-")
+                self._refuse(context, session, code, exc)
+            except grpc.RpcError:
+                if watch.timed_out:
+                    outcome = IDLE_TIMEOUT
+                    log.info(
+                        "check.idle_closed",
+                        organisation=organisation.name,
+                        mode=mode,
+                        request_id=session.request_id,
+                        idle_seconds=self._guards.watchdog.timeout,
+                    )
+                return
         log.info(
             "check.completed",
             organisation=organisation.name,
             mode=mode,
             purpose=session.purpose,
             request_id=session.request_id,
-            register_version=done.version,
+            register_version=session.served.version,
             items=session.items,
             opted_out=session.opted_out if mode == "hashed" else None,
         )
@@ -137,13 +235,11 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         self,
         context: grpc.ServicerContext,
         session: CheckSession,
-        served: Served,
         code: grpc.StatusCode,
         reason: Exception,
     ) -> NoReturn:
-        """Audit the check as refused and end the call; `reason` is a safe sentence."""
+        """End the call with `reason`, a safe sentence; the caller audits the outcome."""
         message = str(reason)
-        session.end(served, code.name.lower().replace("_", "-"))
         log.info(
             "check.refused",
             organisation=session.organisation.name,
@@ -159,7 +255,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
     def GetRegisterInfo(
         self, request: ndop_pb2.GetRegisterInfoRequest, context: grpc.ServicerContext
     ) -> ndop_pb2.RegisterInfo:
-        self._organisation(context)
+        self._organisation(context, "info")
         record = self._view(context).record
         return ndop_pb2.RegisterInfo(
             register_id=self._keys.register_id,
@@ -189,7 +285,6 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         context: grpc.ServicerContext,
     ) -> Iterator[ndop_pb2.HashedCheckResponse]:
         view = self._view(context)
-        pinned = Served(view.version, view.record.count)
 
         def answer(
             request: ndop_pb2.HashedCheckRequest, session: CheckSession
@@ -213,15 +308,15 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             context,
             "hashed",
             request_iterator,
+            lambda _: Served(view.version, view.record.count),
             answer,
-            lambda session: pinned,
             lambda summary: ndop_pb2.HashedCheckResponse(summary=summary),
         )
 
     def GetFilter(
         self, request: ndop_pb2.GetFilterRequest, context: grpc.ServicerContext
     ) -> Iterator[ndop_pb2.FilterChunk]:
-        self._organisation(context)
+        organisation = self._organisation(context, "filter")
         view = self._view(context) if request.version == 0 else self._holder.view(request.version)
         if view is None:
             _abort(
@@ -229,6 +324,28 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 grpc.StatusCode.NOT_FOUND,
                 f"register version {request.version} is no longer served; ask for the current one",
             )
+        entry = AuditRecord(
+            at=now(),
+            organisation=organisation.name,
+            request_id="-",
+            mode="filter",
+            purpose="-",
+            items_checked=0,
+            items_opted_out=None,
+            register_version=view.version,
+            outcome=FILTER_DOWNLOAD,
+        )
+        try:
+            self._accounts.filter_download(entry)
+        except (Revoked, QuotaExhausted) as exc:
+            log.info("filter.refused", organisation=organisation.name, reason=str(exc))
+            _abort(context, _status_of(exc), str(exc))
+        log.info("filter.download", organisation=organisation.name, version=view.version)
+        return self._filter_chunks(context, view)
+
+    def _filter_chunks(
+        self, context: grpc.ServicerContext, view: RegisterView
+    ) -> Iterator[ndop_pb2.FilterChunk]:
         record = view.record
         data = view.filter_bytes
         header = ndop_pb2.FilterHeader(
@@ -240,12 +357,18 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             sha256=record.filter_sha256,
             false_positive_rate=published_filter.FALSE_POSITIVE_RATE,
         )
-        for offset in range(0, max(len(data), 1), FILTER_CHUNK_BYTES):
-            yield ndop_pb2.FilterChunk(
-                header=header if offset == 0 else None,
-                offset=offset,
-                data=data[offset : offset + FILTER_CHUNK_BYTES],
-            )
+        watch = self._guards.watchdog.watch(context)
+        try:
+            for offset in range(0, max(len(data), 1), FILTER_CHUNK_BYTES):
+                watch.wait_on_client()
+                yield ndop_pb2.FilterChunk(
+                    header=header if offset == 0 else None,
+                    offset=offset,
+                    data=data[offset : offset + FILTER_CHUNK_BYTES],
+                )
+                watch.client_moved()
+        finally:
+            watch.close()
 
     def Evaluate(
         self,
@@ -255,11 +378,14 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         self._view(context)
         pinned: list[RegisterView] = []
 
+        def pin(check: ndop_pb2.CheckContext) -> Served:
+            view = self._filter_view(check.register_version)
+            pinned.append(view)
+            return Served(view.version, view.record.count)
+
         def answer(
             request: ndop_pb2.EvaluateRequest, session: CheckSession
         ) -> ndop_pb2.EvaluateResponse | None:
-            if not pinned:
-                pinned.append(self._filter_view(request.context.register_version))
             if not request.blinded_elements:
                 return None
             count = self._evaluator.count(request.batch_id, request.blinded_elements)
@@ -275,16 +401,12 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 )
             )
 
-        def served(session: CheckSession) -> Served:
-            view = pinned[0] if pinned else self._holder.current
-            return Served(view.version, view.record.count) if view else Served(0, 0)
-
         return self._run_check(
             context,
             "private",
             request_iterator,
+            pin,
             answer,
-            served,
             lambda summary: ndop_pb2.EvaluateResponse(summary=summary),
         )
 
@@ -302,3 +424,13 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 "download the current filter and check again"
             )
         return view
+
+
+def _peer_address(peer: str) -> str:
+    """'ipv4:127.0.0.1:5555' -> '127.0.0.1': the address, without the port that changes."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return kind or "unknown"
