@@ -102,6 +102,10 @@ def _explain(
             )
         elif position - 1 in broken_set:
             problems.append(f"row {row_id} does not follow the row before it")
+        elif position == len(listed) - 1:
+            problems.append(
+                f"row {row_id} does not verify: it was altered, or added without the keys file"
+            )
         else:
             problems.append(f"row {row_id} was altered after it was written")
     return problems

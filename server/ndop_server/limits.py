@@ -57,20 +57,20 @@ class _Bucket:
 
 @dataclass
 class RateLimiter:
-    """A token bucket per organisation: numbers per second, with a burst of one second's worth
-    (or one whole batch, whichever is larger). Callers wait for tokens rather than fail, so an
-    honest client is slowed, not refused."""
+    """A token bucket per organisation: numbers per second, with a burst of one second's worth.
+    A batch larger than the bucket drives it below zero and waits for the difference. Callers
+    wait rather than fail, so an honest client is slowed, not refused."""
 
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def delay(self, organisation: str, rate: int, items: int, burst_floor: int) -> float:
+    def delay(self, organisation: str, rate: int, items: int) -> float:
         """Take `items` tokens; the seconds the caller must wait before answering."""
         if rate <= 0 or items <= 0:
             return 0.0
-        capacity = float(max(rate, burst_floor))
+        capacity = float(rate)
         with self._lock:
             now = self.clock()
             bucket = self._buckets.setdefault(organisation, _Bucket(capacity, now))
@@ -79,8 +79,8 @@ class RateLimiter:
             bucket.tokens -= items
             return max(0.0, -bucket.tokens / rate)
 
-    def wait(self, organisation: str, rate: int, items: int, burst_floor: int) -> None:
-        pause = self.delay(organisation, rate, items, burst_floor)
+    def wait(self, organisation: str, rate: int, items: int) -> None:
+        pause = self.delay(organisation, rate, items)
         if pause:
             self.sleep(pause)
 

@@ -25,7 +25,6 @@ from ndop_server import audit_record
 from ndop_server.accounts import Accounts, Mode, Organisation, now
 from ndop_server.audit_record import AuditRecord
 from ndop_server.limits import RateLimiter
-from ndop_server.matching import MAX_BATCH_ITEMS
 from ndop_server.receipts import ReceiptSigner
 
 
@@ -144,7 +143,7 @@ class CheckSession:
         self._reserved -= from_reservation
         self._submitted.update(payload)
         self.items += items
-        self._rates.wait(self.organisation.name, limits.rate_per_second, items, MAX_BATCH_ITEMS)
+        self._rates.wait(self.organisation.name, limits.rate_per_second, items)
 
     def receipt(self) -> ndop_pb2.Receipt:
         """The signed statement of what this check did, answered from its one version."""
