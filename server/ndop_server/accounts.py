@@ -196,6 +196,8 @@ class Accounts:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
         self._audit_key = audit_key
+        self.head: tuple[int, bytes] | None = None
+        """The last audit row this process wrote: its id and chain value."""
         with self._write() as db:
             _upgrade(db)
         self._db.executescript(SCHEMA)
@@ -378,6 +380,7 @@ class Accounts:
         previous = bytes(last[1]) if last and last[1] is not None else audit_chain.GENESIS
         sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
         row_id = max(last[0] if last else 0, sequence[0] if sequence else 0) + 1
+        chain = audit_chain.link(self._audit_key, previous, row_id, entry)
         db.execute(
             f"INSERT INTO audit (id, {_AUDIT_COLUMNS}, chain) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -392,9 +395,10 @@ class Accounts:
                 entry.items_opted_out,
                 entry.register_version,
                 entry.outcome,
-                audit_chain.link(self._audit_key, previous, row_id, entry),
+                chain,
             ),
         )
+        self.head = (row_id, chain)
 
     # --- reading the audit log ------------------------------------------------------------
 

@@ -178,6 +178,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 self._guards.open_checks,
             )
             outcome = CANCELLED
+            stack.callback(self._log_audit_head)
             stack.callback(lambda: session.end(outcome))
             try:
                 for position, request in enumerate(watch.requests(requests)):
@@ -230,6 +231,13 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             items=session.items,
             opted_out=session.opted_out if mode == "hashed" else None,
         )
+
+    def _log_audit_head(self) -> None:
+        """The chain's head as checks end: rows cut from the end of the log can only be
+        noticed against a head noted earlier, and logs live elsewhere than the store."""
+        if self._accounts.head is not None:
+            row, chain = self._accounts.head
+            log.info("audit.head", row=row, head=chain.hex()[:16])
 
     def _refuse(
         self,
