@@ -896,11 +896,6 @@ def test_quota_resets_on_the_next_utc_day(
         assert accounts.usage("daily", tomorrow).checks == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: Accounts.close_check refunds an unused reservation to the day the "
-    "check closes, not the day it was reserved on",
-)
 def test_a_reservation_made_before_midnight_is_not_refunded_to_the_next_day(
     register: Register, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1340,11 +1335,6 @@ def test_a_reused_request_id_is_already_exists(register: Register, channel: grpc
     assert sorted(line.request_id for line in lines[4:]) == sorted(made)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: audit_view.summarise pairs the ALREADY_EXISTS row of a reused "
-    "request_id with the still-open check that owns it",
-)
 def test_a_reused_request_id_while_the_first_check_is_open_leaves_its_line_alone(
     register: Register, channel: grpc.Channel
 ) -> None:

@@ -15,64 +15,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from ndop_server import audit_chain
+from ndop_server import audit_chain, schema
 from ndop_server.audit_record import AuditRecord
+from ndop_server.database import ACCOUNTS_LOCK, DuplicateKey, Transaction, open_database
 from ndop_server.errors import ConfigurationError, StoreError
 
 Mode = Literal["hashed", "private"]
 MODES: Final[tuple[Mode, ...]] = ("hashed", "private")
 TOKEN_PREFIX: Final = "ndop_"
 Counter = Literal["numbers", "checks", "filters"]
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS organisations (
-    name TEXT PRIMARY KEY,
-    token_sha256 BLOB NOT NULL UNIQUE,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT,
-    daily_quota INTEGER NOT NULL,
-    rate_per_second INTEGER NOT NULL,
-    daily_checks INTEGER NOT NULL,
-    daily_filter_downloads INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    organisation TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    day TEXT NOT NULL,
-    used INTEGER NOT NULL,
-    PRIMARY KEY (organisation, mode, day)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    organisation TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    items_checked INTEGER NOT NULL,
-    items_opted_out INTEGER,
-    register_version INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    chain BLOB
-);
-CREATE INDEX IF NOT EXISTS audit_by_request ON audit (request_id);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_replace BEFORE INSERT ON audit
-WHEN EXISTS (SELECT 1 FROM audit WHERE id = NEW.id)
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"""
 
 
 @dataclass(frozen=True)
@@ -183,28 +140,21 @@ class Accounts:
     log can be read but not written.
     """
 
-    def __init__(self, store_path: Path, audit_key: bytes | None = None) -> None:
-        if not store_path.exists():
-            raise StoreError(
-                f"register store {store_path} does not exist; run 'ndop register load'"
-            )
-        self._db = sqlite3.connect(store_path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL with NORMAL survives the process being killed at any moment; only a power cut
-        # can lose the last commits, and a commit per batch stays cheap.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._lock = threading.Lock()
+    def __init__(self, location: Path | str, audit_key: bytes | None = None) -> None:
+        # Accounts commit once per batch: durable against the process being killed, without
+        # an fsync per batch (see SqliteDatabase).
+        self._db = open_database(location, durable=False)
+        try:
+            schema.require_current(self._db)
+        except BaseException:
+            self._db.close()
+            raise
         self._audit_key = audit_key
         self.head: tuple[int, bytes] | None = None
         """The last audit row this process wrote: its id and chain value."""
-        with self._write() as db:
-            _upgrade(db)
-        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> Accounts:
         return self
@@ -212,16 +162,11 @@ class Accounts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _write(self) -> AbstractContextManager[Transaction]:
+        return self._db.transaction(lock=ACCOUNTS_LOCK)
+
+    def _read(self) -> AbstractContextManager[Transaction]:
+        return self._db.transaction()
 
     # --- organisations ----------------------------------------------------------------------
 
@@ -235,7 +180,7 @@ class Accounts:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         try:
             with self._write() as db:
-                db.execute(
+                db.run(
                     f"INSERT INTO organisations ({_ORG_COLUMNS}, token_sha256) "
                     "VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
                     (
@@ -248,31 +193,27 @@ class Accounts:
                         _token_hash(token),
                     ),
                 )
-        except sqlite3.IntegrityError as exc:
-            raise ConfigurationError(f"organisation {name!r} already exists") from exc
+        except DuplicateKey:
+            raise ConfigurationError(f"organisation {name!r} already exists") from None
         return token
 
     def get(self, name: str) -> Organisation | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_ORG_COLUMNS} FROM organisations WHERE name = ?", (name,)
-            ).fetchone()
+        with self._read() as db:
+            row = db.one(f"SELECT {_ORG_COLUMNS} FROM organisations WHERE name = ?", (name,))
         return None if row is None else _organisation(row)
 
     def organisations(self) -> list[Organisation]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_ORG_COLUMNS} FROM organisations ORDER BY name"
-            ).fetchall()
+        with self._read() as db:
+            rows = db.all(f"SELECT {_ORG_COLUMNS} FROM organisations ORDER BY name")
         return [_organisation(row) for row in rows]
 
     def revoke(self, name: str) -> None:
         with self._write() as db:
-            cursor = db.execute(
+            changed = db.run(
                 "UPDATE organisations SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (now(), name),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise ConfigurationError(f"no active organisation named {name!r}")
 
     def set_limits(self, name: str, **changes: int) -> Organisation:
@@ -283,7 +224,7 @@ class Accounts:
         limits = replace(current.limits, **changes)
         limits.check()
         with self._write() as db:
-            db.execute(
+            db.run(
                 "UPDATE organisations SET daily_quota = ?, rate_per_second = ?, "
                 "daily_checks = ?, daily_filter_downloads = ? WHERE name = ?",
                 (
@@ -299,11 +240,11 @@ class Accounts:
     def authenticate(self, token: str) -> Organisation | None:
         """The active organisation holding `token`, or None."""
         presented = _token_hash(token)
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.one(
                 f"SELECT {_ORG_COLUMNS}, token_sha256 FROM organisations WHERE token_sha256 = ?",
                 (presented,),
-            ).fetchone()
+            )
         if row is None or not hmac.compare_digest(bytes(row[-1]), presented):
             return None
         organisation = _organisation(row[:-1])
@@ -313,12 +254,12 @@ class Accounts:
 
     def usage(self, name: str, day: date | None = None) -> Usage:
         day_text = (day or today()).isoformat()
-        with self._lock:
-            rows = dict(
-                self._db.execute(
+        with self._read() as db:
+            rows: dict[str, int] = dict(
+                db.all(
                     "SELECT mode, used FROM usage WHERE organisation = ? AND day = ?",
                     (name, day_text),
-                ).fetchall()
+                )
             )
         return Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
 
@@ -335,9 +276,7 @@ class Accounts:
         whole (Revoked, QuotaExhausted, DuplicateRequest) and write nothing otherwise."""
         with self._write() as db:
             _active(db, entry.organisation)
-            if db.execute(
-                "SELECT 1 FROM audit WHERE request_id = ? LIMIT 1", (entry.request_id,)
-            ).fetchone():
+            if db.one("SELECT 1 FROM audit WHERE request_id = ? LIMIT 1", (entry.request_id,)):
                 raise DuplicateRequest()
             _charge(db, entry.organisation, "checks", 1)
             _charge(db, entry.organisation, "numbers", reserve)
@@ -352,14 +291,15 @@ class Accounts:
             self._append(db, entry)
         return limits
 
-    def close_check(self, entry: AuditRecord, refund: int) -> None:
-        """Write the closing row, giving back numbers reserved but never sent."""
+    def close_check(self, entry: AuditRecord, refund: int, reserved_on: date) -> None:
+        """Write the closing row, giving back numbers reserved but never sent to the day they
+        were reserved on (never to a later day's budget)."""
         with self._write() as db:
             if refund:
-                db.execute(
-                    "UPDATE usage SET used = max(used - ?, 0) "
+                db.run(
+                    "UPDATE usage SET used = CASE WHEN used > ? THEN used - ? ELSE 0 END "
                     "WHERE organisation = ? AND mode = 'numbers' AND day = ?",
-                    (refund, entry.organisation, today().isoformat()),
+                    (refund, refund, entry.organisation, reserved_on.isoformat()),
                 )
             self._append(db, entry)
 
@@ -373,15 +313,17 @@ class Accounts:
         with self._write() as db:
             self._append(db, entry)
 
-    def _append(self, db: sqlite3.Connection, entry: AuditRecord) -> None:
+    def _append(self, db: Transaction, entry: AuditRecord) -> None:
+        """Append one chained row. The head table remembers the last id written, so a row
+        removed from the end is not silently reused by the next."""
         if self._audit_key is None:
             raise StoreError("audit rows can only be written with the register's keys file")
-        last = db.execute("SELECT id, chain FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        last = db.one("SELECT id, chain FROM audit ORDER BY id DESC LIMIT 1")
+        head = db.one("SELECT last_id, chain FROM audit_head WHERE one = 1")
         previous = bytes(last[1]) if last and last[1] is not None else audit_chain.GENESIS
-        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
-        row_id = max(last[0] if last else 0, sequence[0] if sequence else 0) + 1
+        row_id = max(last[0] if last else 0, head[0] if head else 0) + 1
         chain = audit_chain.link(self._audit_key, previous, row_id, entry)
-        db.execute(
+        db.run(
             f"INSERT INTO audit (id, {_AUDIT_COLUMNS}, chain) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -398,6 +340,11 @@ class Accounts:
                 chain,
             ),
         )
+        db.run(
+            "INSERT INTO audit_head (one, last_id, chain) VALUES (1, ?, ?) "
+            "ON CONFLICT (one) DO UPDATE SET last_id = excluded.last_id, chain = excluded.chain",
+            (row_id, chain),
+        )
         self.head = (row_id, chain)
 
     # --- reading the audit log ------------------------------------------------------------
@@ -411,71 +358,48 @@ class Accounts:
             clauses.append("at >= ?")
             parameters.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id", parameters
-            ).fetchall()
+        with self._read() as db:
+            rows = db.all(f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id", parameters)
         return [AuditRecord(*row) for row in rows]
 
     def verify_audit(self, key: bytes) -> audit_chain.ChainReport:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT id, {_AUDIT_COLUMNS}, chain FROM audit ORDER BY id"
-            ).fetchall()
+        with self._read() as db:
+            rows = db.all(f"SELECT id, {_AUDIT_COLUMNS}, chain FROM audit ORDER BY id")
+            head = db.one("SELECT last_id, chain FROM audit_head WHERE one = 1")
         return audit_chain.verify(
             key,
             (
                 (row[0], AuditRecord(*row[1:-1]), None if row[-1] is None else bytes(row[-1]))
                 for row in rows
             ),
+            head=None if head is None else (int(head[0]), bytes(head[1])),
         )
 
 
-def _active(db: sqlite3.Connection, name: str) -> Limits:
-    row = db.execute(
-        f"SELECT revoked_at, {_LIMIT_COLUMNS} FROM organisations WHERE name = ?", (name,)
-    ).fetchone()
+def _active(db: Transaction, name: str) -> Limits:
+    row = db.one(f"SELECT revoked_at, {_LIMIT_COLUMNS} FROM organisations WHERE name = ?", (name,))
     if row is None or row[0] is not None:
         raise Revoked()
     return Limits(*row[1:])
 
 
-def _charge(db: sqlite3.Connection, name: str, counter: Counter, amount: int) -> None:
+def _charge(db: Transaction, name: str, counter: Counter, amount: int) -> None:
     """Add `amount` to today's `counter`, or raise QuotaExhausted and add nothing."""
     if amount <= 0:
         return
     column, what = _LIMIT_NAMES[counter]
-    (limit,) = db.execute(f"SELECT {column} FROM organisations WHERE name = ?", (name,)).fetchone()
+    found = db.one(f"SELECT {column} FROM organisations WHERE name = ?", (name,))
+    limit = found[0] if found else 0
     day = today()
-    row = db.execute(
+    row = db.one(
         "SELECT used FROM usage WHERE organisation = ? AND mode = ? AND day = ?",
         (name, counter, day.isoformat()),
-    ).fetchone()
+    )
     used = row[0] if row else 0
     if used + amount > limit:
         raise QuotaExhausted(what, max(limit - used, 0), next_reset(day))
-    db.execute(
+    db.run(
         "INSERT INTO usage (organisation, mode, day, used) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (organisation, mode, day) DO UPDATE SET used = used + excluded.used",
         (name, counter, day.isoformat(), amount),
     )
-
-
-def _upgrade(db: sqlite3.Connection) -> None:
-    """Bring a store written by an earlier ndop to this schema: one daily budget across both
-    modes (the larger of the two old ones), default rate and daily limits, a chain column."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(organisations)")}
-    if "hashed_daily_quota" in columns:
-        for name, value in (
-            ("daily_quota", "max(hashed_daily_quota, private_daily_quota)"),
-            ("rate_per_second", str(DEFAULT_LIMITS.rate_per_second)),
-            ("daily_checks", str(DEFAULT_LIMITS.daily_checks)),
-            ("daily_filter_downloads", str(DEFAULT_LIMITS.daily_filter_downloads)),
-        ):
-            db.execute(f"ALTER TABLE organisations ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
-            db.execute(f"UPDATE organisations SET {name} = {value}")
-        db.execute("ALTER TABLE organisations DROP COLUMN hashed_daily_quota")
-        db.execute("ALTER TABLE organisations DROP COLUMN private_daily_quota")
-    audit_columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
-    if audit_columns and "chain" not in audit_columns:
-        db.execute("ALTER TABLE audit ADD COLUMN chain BLOB")

@@ -5,9 +5,9 @@ file, so editing, deleting, inserting or reordering rows is detected and located
 
 canonical(row) is compact JSON of the row id and every column, so a row moved to another id
 no longer verifies. The chain of the first chained row follows 32 zero bytes. Whoever can
-write the store but lacks the keys file cannot make a row that verifies; removing rows from the
-end leaves a shorter chain that still verifies, which is why the head (last id and chain value)
-is logged as checks end, for comparison with an earlier note of it.
+write the store but lacks the keys file cannot make a row that verifies. The store also keeps
+the head (last id and chain value written), so rows cut from the end are noticed unless the
+head is rewound too; for that case the head is logged as checks end, to compare with.
 """
 
 from __future__ import annotations
@@ -49,8 +49,13 @@ class ChainReport:
         return not self.problems
 
 
-def verify(key: bytes, rows: Iterable[tuple[int, AuditRecord, bytes | None]]) -> ChainReport:
-    """Walk the rows in id order and say where the chain breaks, and how."""
+def verify(
+    key: bytes,
+    rows: Iterable[tuple[int, AuditRecord, bytes | None]],
+    head: tuple[int, bytes] | None = None,
+) -> ChainReport:
+    """Walk the rows in id order and say where the chain breaks, and how; `head` (the last
+    id and chain value the store recorded as written) exposes rows cut from the end."""
     report = ChainReport()
     listed = list(rows)
     previous_chain: bytes | None = None
@@ -81,6 +86,16 @@ def verify(key: bytes, rows: Iterable[tuple[int, AuditRecord, bytes | None]]) ->
         previous_chain, previous_id = chain, row_id
         report.head = chain
     report.problems.extend(_explain(listed, broken, after_gap))
+    if head is not None:
+        last_id, last_chain = head
+        if last_id > report.last_id:
+            report.problems.append(
+                f"rows {report.last_id + 1} to {last_id} were removed from the end of the log"
+                if last_id > report.last_id + 1
+                else f"row {last_id} was removed from the end of the log"
+            )
+        elif last_id == report.last_id and not hmac.compare_digest(last_chain, report.head):
+            report.problems.append(f"row {last_id} is not the last row that was written")
     return report
 
 

@@ -20,6 +20,8 @@ ABORTED: Final = "aborted"
 IDLE_TIMEOUT: Final = "idle-timeout"
 FILTER_DOWNLOAD: Final = "filter-download"
 AUTH_FAILED: Final = "auth-failed"
+DUPLICATE_REQUEST: Final = "already-exists"
+"""The closing row of a check refused for reusing a request id (the gRPC status's name)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,10 @@ def summarise(records: Iterable[AuditRecord]) -> list[AuditLine]:
     open_checks: dict[str, AuditLine] = {}
     for record in records:
         line = open_checks.get(record.request_id) if record.request_id != "-" else None
-        if record.outcome == events.STARTED:
+        if record.outcome == events.DUPLICATE_REQUEST:
+            # A second check that reused an open check's id: a line of its own.
+            lines.append(AuditLine(**vars(record)))
+        elif record.outcome == events.STARTED:
             line = AuditLine(**{**vars(record), "items_checked": 0, "outcome": "interrupted"})
             open_checks[record.request_id] = line
             lines.append(line)

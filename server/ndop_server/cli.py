@@ -11,6 +11,7 @@ from ndop_server import allocator
 from ndop_server import keys as keyfile
 from ndop_server.cli_access import add_access_commands
 from ndop_server.errors import ConfigurationError
+from ndop_server.locations import store_location
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
 from ndop_server.server import ServerTls, ServingLimits, serve_until_signalled, start_server
@@ -50,7 +51,7 @@ def _register_commands(commands: Any) -> None:
     )
     load = register.add_parser("load", help="publish a new version from a full snapshot")
     load.add_argument("snapshot", type=Path, metavar="SNAPSHOT")
-    load.add_argument("--store", type=Path, required=True)
+    load.add_argument("--store", type=store_location, required=True)
     load.add_argument("--keys", type=Path, required=True)
     load.add_argument("--workers", type=int, help="processes to use (default: every core)")
     _log_options(load)
@@ -59,21 +60,21 @@ def _register_commands(commands: Any) -> None:
     apply = register.add_parser("apply", help="publish a new version from a change set")
     apply.add_argument("--add", type=Path, metavar="FILE", help="opt-outs set")
     apply.add_argument("--remove", type=Path, metavar="FILE", help="opt-outs withdrawn")
-    apply.add_argument("--store", type=Path, required=True)
+    apply.add_argument("--store", type=store_location, required=True)
     apply.add_argument("--keys", type=Path, required=True)
     apply.add_argument("--workers", type=int, help="processes to use (default: every core)")
     _log_options(apply)
     apply.set_defaults(handler=_register_apply)
 
     info = register.add_parser("info", help="the versions published in a store")
-    info.add_argument("--store", type=Path, required=True)
+    info.add_argument("--store", type=store_location, required=True)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_register_info)
 
 
 def _serve_command(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--store", type=Path, required=True)
+    serve.add_argument("--store", type=store_location, required=True)
     serve.add_argument("--keys", type=Path, required=True)
     serve.add_argument("--listen", required=True, metavar="HOST:PORT")
     serve.add_argument(

@@ -16,7 +16,7 @@ from ndop_server.audit_chain import audit_key
 from ndop_server.audit_view import AuditLine, summarise
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.errors import ConfigurationError
-from ndop_server.store import Store
+from ndop_server.locations import StoreLocation, store_location
 
 LIMIT_OPTIONS: Final = (
     ("--daily-quota", "daily_quota", "numbers per UTC day, both modes together"),
@@ -39,28 +39,28 @@ def add_access_commands(commands: Any) -> None:
     )
     add = org.add_parser("add", help="create an organisation and print its token once")
     add.add_argument("name", metavar="NAME")
-    add.add_argument("--store", type=Path, required=True)
+    add.add_argument("--store", type=store_location, required=True)
     _limit_options(add, DEFAULT_LIMITS)
     add.set_defaults(handler=_org_add)
 
     listing = org.add_parser("list", help="organisations, their limits, today's use, status")
-    listing.add_argument("--store", type=Path, required=True)
+    listing.add_argument("--store", type=store_location, required=True)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_org_list)
 
     revoke = org.add_parser("revoke", help="revoke an organisation's token and certificate")
     revoke.add_argument("name", metavar="NAME")
-    revoke.add_argument("--store", type=Path, required=True)
+    revoke.add_argument("--store", type=store_location, required=True)
     revoke.set_defaults(handler=_org_revoke)
 
     quota = org.add_parser("quota", help="change an organisation's limits (open checks too)")
     quota.add_argument("name", metavar="NAME")
-    quota.add_argument("--store", type=Path, required=True)
+    quota.add_argument("--store", type=store_location, required=True)
     _limit_options(quota, None)
     quota.set_defaults(handler=_org_quota)
 
     audit = commands.add_parser("audit", help="the audit log: read it, or verify its chain")
-    audit.add_argument("--store", type=Path)
+    audit.add_argument("--store", type=store_location)
     audit.add_argument("--org", metavar="NAME")
     audit.add_argument("--since", metavar="DATE", help="ISO date or time (UTC)")
     audit.add_argument("--json", action="store_true")
@@ -69,7 +69,7 @@ def add_access_commands(commands: Any) -> None:
     verify = audit.add_subparsers(dest="audit_command").add_parser(
         "verify", help="check the audit log's hash chain; says which rows were tampered with"
     )
-    verify.add_argument("--store", type=Path, required=True)
+    verify.add_argument("--store", type=store_location, required=True)
     verify.add_argument("--keys", type=Path, required=True)
     verify.set_defaults(handler=_audit_verify)
 
@@ -81,10 +81,11 @@ def add_access_commands(commands: Any) -> None:
     certs.set_defaults(handler=_dev_certs)
 
 
-def _accounts(store: Path | None) -> Accounts:
+def _accounts(store: StoreLocation | None) -> Accounts:
+    """The store's accounts; only `ndop register load` creates a store, so a mistyped
+    --store is an error here, not a new empty store with a token that works nowhere."""
     if store is None:
         raise ConfigurationError("give --store STORE")
-    Store(store, create=True).close()
     return Accounts(store)
 
 

@@ -14,10 +14,8 @@ as it was, and a version published meanwhile by someone else makes this one refu
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +30,7 @@ from ndop_core.crypto import oprf
 from ndop_core.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
 from ndop_core.nhs_number import INVALID, canonical_bytes, distinct
 from ndop_core.packing import split
+from ndop_core.worker_pool import WorkerPool
 from ndop_server import filter_builder
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
@@ -200,10 +199,8 @@ class Publisher:
         )
         return record
 
-    def _pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=multiprocessing.get_context("spawn")
-        )
+    def _pool(self) -> WorkerPool:
+        return WorkerPool(self._workers)
 
     def _tokens(self, values: np.ndarray) -> list[bytes]:
         tokens: list[bytes] = []
@@ -213,7 +210,7 @@ class Publisher:
             tokens.extend(split(packed, TOKEN_SIZE))
         return tokens
 
-    def _filter_keys(self, pool: ProcessPoolExecutor, values: np.ndarray) -> bytes:
+    def _filter_keys(self, pool: WorkerPool, values: np.ndarray) -> bytes:
         log.info("register.stage", stage="evaluating", entries=len(values))
         blobs = [
             canonical_bytes(values[start : start + _WORK_ITEMS])
@@ -221,7 +218,7 @@ class Publisher:
         ]
         return b"".join(pool.map(_evaluate_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
 
-    def _build_filter(self, pool: ProcessPoolExecutor, keys: bytes, count: int) -> bytes:
+    def _build_filter(self, pool: WorkerPool, keys: bytes, count: int) -> bytes:
         combined = filter_builder.empty(count)
         entries_per_shard = -(-count // self._workers) or 1
         shard_bytes = entries_per_shard * published_filter.KEY_BYTES

@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import structlog
 
+from ndop_server.errors import StoreError
+from ndop_server.locations import StoreLocation
 from ndop_server.register import FILTER_ARTIFACT, INDEX_ARTIFACT
 from ndop_server.store import Store, VersionRecord
 
@@ -54,13 +55,16 @@ class RegisterHolder:
 
     def __init__(
         self,
-        store_path: Path,
+        store_location: StoreLocation,
         poll_seconds: float = 1.0,
         on_version: Callable[[int], None] | None = None,
+        on_reachability: Callable[[bool], None] | None = None,
     ) -> None:
-        self._store = Store(store_path)
+        self._store = Store(store_location)
         self._poll_seconds = poll_seconds
         self._on_version = on_version
+        self._on_reachability = on_reachability
+        self.reachable = True
         self._lock = threading.Lock()
         self._current: RegisterView | None = None
         self._previous: RegisterView | None = None
@@ -107,8 +111,27 @@ class RegisterHolder:
         self._store.close()
 
     def _watch(self) -> None:
-        while not self._stopping.wait(self._poll_seconds):
+        """Refresh when the store says a version was published (PostgreSQL), and at least
+        every poll interval; a store that cannot be reached turns health NOT_SERVING until
+        it can."""
+        while not self._stopping.is_set():
             try:
+                self._store.wait_for_publication(self._poll_seconds)
+                if self._stopping.is_set():
+                    return
                 self.refresh()
-            except Exception:
-                log.exception("register.refresh_failed")
+                self._set_reachable(True)
+            except StoreError as exc:
+                self._set_reachable(False, str(exc))
+                self._stopping.wait(self._poll_seconds)
+
+    def _set_reachable(self, reachable: bool, reason: str = "") -> None:
+        if reachable == self.reachable:
+            return
+        self.reachable = reachable
+        if reachable:
+            log.info("store.reachable_again")
+        else:
+            log.warning("store.unreachable", reason=reason)
+        if self._on_reachability is not None:
+            self._on_reachability(reachable)

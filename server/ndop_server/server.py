@@ -23,6 +23,7 @@ from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
 from ndop_server.limits import StreamLimiter
 from ndop_server.listen import bind_problem, format_listen, is_loopback, parse_listen
+from ndop_server.locations import StoreLocation
 from ndop_server.reflection import enable_reflection
 from ndop_server.register_view import RegisterHolder
 from ndop_server.service import OptOutRegisterService, Safeguards
@@ -127,7 +128,7 @@ class RunningServer:
 
 
 def start_server(
-    store_path: Path,
+    store: StoreLocation,
     keys: RegisterKeys,
     listen: str,
     *,
@@ -153,12 +154,20 @@ def start_server(
         _check_bindable(each)
     credentials = None if tls is None else _credentials(tls, require=tls.require_client_cert)
     health_servicer = health.HealthServicer()
+    holder: RegisterHolder | None = None
+
+    def update_health(*_: object) -> None:
+        """SERVING only while a version is held and the store can be reached: a replica that
+        cannot reach its store cannot audit, so it must not be sent checks."""
+        if holder is not None:
+            _set_health(health_servicer, serving=holder.current is not None and holder.reachable)
+
+    _set_health(health_servicer, serving=False)
     holder = RegisterHolder(
-        store_path, poll_seconds, on_version=lambda _: _set_health(health_servicer, serving=True)
+        store, poll_seconds, on_version=update_health, on_reachability=update_health
     )
-    if holder.current is None:
-        _set_health(health_servicer, serving=False)
-    accounts = Accounts(store_path, audit_key(keys.store_key))
+    update_health()
+    accounts = Accounts(store, audit_key(keys.store_key))
     safeguards = Safeguards(
         watchdog=IdleWatchdog(limits.idle_timeout),
         streams=StreamLimiter(

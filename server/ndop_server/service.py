@@ -8,7 +8,7 @@ broken; nothing a client sends can stop the server or reach a log.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Final, NoReturn, TypeVar
 
@@ -38,6 +38,7 @@ from ndop_server.audit_record import (
     IDLE_TIMEOUT,
     AuditRecord,
 )
+from ndop_server.errors import StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.limits import EventBudget, RateLimiter, StreamLimiter, TooBusy
 from ndop_server.matching import MAX_BATCH_ITEMS, BatchRejected, Evaluator, HashedMatcher
@@ -82,7 +83,9 @@ _REFUSALS: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
     (Revoked, grpc.StatusCode.PERMISSION_DENIED),
     (QuotaExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (VersionNotHeld, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
+STORE_UNAVAILABLE: Final = "the register store cannot be reached just now; retry shortly"
 
 
 def _status_of(error: Exception) -> grpc.StatusCode:
@@ -114,6 +117,9 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         except AccessDenied as exc:
             self._authentication_failed(context, call, exc)
             _abort(context, exc.code, str(exc))
+        except StoreError as exc:
+            log.warning("store.unavailable", call=call, reason=str(exc))
+            _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
 
     def _authentication_failed(
         self, context: grpc.ServicerContext, call: str, error: AccessDenied
@@ -124,19 +130,20 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         if not self._guards.auth_failures.allow(peer):
             return
         log.warning("auth.failed", peer=peer, call=call, code=error.code.name, reason=str(error))
-        self._accounts.record(
-            AuditRecord(
-                at=now(),
-                organisation="-",
-                request_id="-",
-                mode=call,
-                purpose="-",
-                items_checked=0,
-                items_opted_out=None,
-                register_version=0,
-                outcome=AUTH_FAILED,
+        with suppress(StoreError):
+            self._accounts.record(
+                AuditRecord(
+                    at=now(),
+                    organisation="-",
+                    request_id="-",
+                    mode=call,
+                    purpose="-",
+                    items_checked=0,
+                    items_opted_out=None,
+                    register_version=0,
+                    outcome=AUTH_FAILED,
+                )
             )
-        )
 
     def _view(self, context: grpc.ServicerContext) -> RegisterView:
         view = self._holder.current
@@ -209,6 +216,9 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             except tuple(kind for kind, _ in _REFUSALS) as exc:
                 code = _status_of(exc)
                 outcome = code.name.lower().replace("_", "-")
+                if isinstance(exc, StoreError):
+                    log.warning("store.unavailable", call="check", reason=str(exc))
+                    exc = StoreError(STORE_UNAVAILABLE)
                 self._refuse(context, session, code, exc)
             except grpc.RpcError:
                 if watch.timed_out:
@@ -348,6 +358,9 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         except (Revoked, QuotaExhausted) as exc:
             log.info("filter.refused", organisation=organisation.name, reason=str(exc))
             _abort(context, _status_of(exc), str(exc))
+        except StoreError as exc:
+            log.warning("store.unavailable", call="filter", reason=str(exc))
+            _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
         log.info("filter.download", organisation=organisation.name, version=view.version)
         return self._filter_chunks(context, view)
 

@@ -22,7 +22,7 @@ from ndop_core.proto import ndop_pb2
 from ndop_core.purposes import PURPOSES
 from ndop_core.receipts import FORMAT as RECEIPT_FORMAT
 from ndop_server import audit_record
-from ndop_server.accounts import Accounts, Mode, Organisation, now
+from ndop_server.accounts import Accounts, Mode, Organisation, now, today
 from ndop_server.audit_record import AuditRecord
 from ndop_server.limits import RateLimiter
 from ndop_server.receipts import ReceiptSigner
@@ -112,6 +112,7 @@ class CheckSession:
         self.items = 0
         self.opted_out = 0
         self._reserved = 0
+        self._reserved_on = today()
         self._opened = False
         self._submitted = hashlib.sha256()
         self._ended = False
@@ -121,12 +122,15 @@ class CheckSession:
         """Read the first message's context; refuse a bad purpose or request id, a check
         the day's limits cannot hold, or a revoked organisation; then audit the opening."""
         self.served = served
-        if context.purpose not in PURPOSES:
-            raise PurposeInvalid(f"the purpose must be one of: {', '.join(PURPOSES)}")
-        self.purpose = context.purpose
+        # Keep whichever of the two is valid, so the audit row of a refusal names it.
+        if context.purpose in PURPOSES:
+            self.purpose = context.purpose
         self.request_id = request_id_from(context.request_id)
+        if not self.purpose:
+            raise PurposeInvalid(f"the purpose must be one of: {', '.join(PURPOSES)}")
         self._open_checks.add(self)
         reserve = int(context.expected_items)
+        self._reserved_on = today()
         self._accounts.open_check(self._record(audit_record.STARTED, reserve, None), reserve)
         self._opened = True
         self._reserved = reserve
@@ -177,7 +181,7 @@ class CheckSession:
                     outcome = audit_record.ABORTED
                 opted_out = self.opted_out if self.mode == "hashed" else None
                 self._accounts.close_check(
-                    self._record(outcome, self.items, opted_out), self._reserved
+                    self._record(outcome, self.items, opted_out), self._reserved, self._reserved_on
                 )
             else:
                 self._accounts.record(self._record(outcome, 0, None))

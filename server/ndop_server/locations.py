@@ -1,0 +1,14 @@
+"""How a store is named on the command line: a SQLite path or a `postgresql://` URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ndop_server.database import is_postgres
+
+StoreLocation = Path | str
+
+
+def store_location(text: str) -> StoreLocation:
+    """A URL stays a string (a Path would fold its '//'); anything else is a file path."""
+    return text if is_postgres(text) else Path(text)
