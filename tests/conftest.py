@@ -20,6 +20,7 @@ from ndop_server.register import Publisher
 from ndop_server.server import RunningServer, start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
+from tests.postgres_server import PostgresServer
 
 GENEROUS = Limits(
     daily_quota=50_000_000,
@@ -39,6 +40,13 @@ class Register:
     keys: RegisterKeys
     opted_out: np.ndarray
     not_opted_out: np.ndarray
+    url: str | None = None
+    """The PostgreSQL store, when the register lives in one (store_path is then unused)."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, as `--store` takes it: the URL, or the SQLite path."""
+        return self.url or str(self.store_path)
 
     def publisher(self, store: Store) -> Publisher:
         return Publisher(store, self.keys, workers=2)
@@ -50,22 +58,46 @@ def write_numbers(path: Path, values: np.ndarray | list[int], suffix: str = ",")
 
 
 def make_register(
-    directory: Path, total: int = 3000, opted_out: int = 1000, seed: int = 11
+    directory: Path,
+    total: int = 3000,
+    opted_out: int = 1000,
+    seed: int = 11,
+    url: str | None = None,
 ) -> Register:
-    """Keys and a store in `directory` with one published snapshot of synthetic numbers."""
+    """Keys and a store (SQLite in `directory`, or the PostgreSQL database at `url`) with one
+    published snapshot of synthetic numbers."""
     numbers = valid_numbers(total, "999", seed=seed)
     keys_path = directory / "keys.json"
     store_path = directory / "register.sqlite3"
     keys = keyfile.write_new(keys_path)
     snapshot = write_numbers(directory / "snapshot.dat", numbers[:opted_out])
-    with Store(store_path, create=True) as store:
+    with Store(url or store_path, create=True) as store:
         Publisher(store, keys, workers=2).load_snapshot(snapshot)
-    return Register(keys_path, store_path, keys, numbers[:opted_out], numbers[opted_out:])
+    return Register(keys_path, store_path, keys, numbers[:opted_out], numbers[opted_out:], url=url)
 
 
 @pytest.fixture
 def register(tmp_path: Path) -> Register:
     return make_register(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (started by the tests, see postgres_server)."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store location in each backend: the contract holds for both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "contract.sqlite3")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 @pytest.fixture

@@ -400,6 +400,6 @@ def _charge(db: Transaction, name: str, counter: Counter, amount: int) -> None:
         raise QuotaExhausted(what, max(limit - used, 0), next_reset(day))
     db.run(
         "INSERT INTO usage (organisation, mode, day, used) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (organisation, mode, day) DO UPDATE SET used = used + excluded.used",
+        "ON CONFLICT (organisation, mode, day) DO UPDATE SET used = usage.used + excluded.used",
         (name, counter, day.isoformat(), amount),
     )

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ndop_server import allocator
+from ndop_server import allocator, store_admin
 from ndop_server import keys as keyfile
 from ndop_server.cli_access import add_access_commands
 from ndop_server.errors import ConfigurationError
-from ndop_server.locations import store_location
+from ndop_server.locations import printable_location, store_location
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
 from ndop_server.server import ServerTls, ServingLimits, serve_until_signalled, start_server
@@ -21,12 +21,60 @@ from ndop_server.store import Store
 def register_commands(commands: Any) -> None:
     _keys_commands(commands)
     _register_commands(commands)
+    _store_commands(commands)
     _serve_command(commands)
     add_access_commands(commands)
     demo = commands.add_parser("demo", help="the whole loop on synthetic 999-range data")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where files go")
     demo.add_argument("--mode", choices=("private", "hashed", "both"), default="both")
     demo.set_defaults(handler=_demo)
+
+
+def _store_commands(commands: Any) -> None:
+    store = commands.add_parser("store", help="copy, back up and migrate stores").add_subparsers(
+        dest="store_command", required=True
+    )
+    copying = store.add_parser(
+        "copy", help="copy a whole store into a new one (e.g. SQLite to PostgreSQL)"
+    )
+    copying.add_argument("source", type=store_location, metavar="SRC")
+    copying.add_argument("destination", type=store_location, metavar="DEST")
+    copying.set_defaults(handler=_store_copy)
+    backup = store.add_parser("backup", help="a consistent online copy in a new SQLite file")
+    backup.add_argument("destination", type=Path, metavar="DEST")
+    backup.add_argument("--store", type=store_location, required=True)
+    backup.set_defaults(handler=_store_backup)
+    migrate = store.add_parser("migrate", help="bring a store's schema up to this ndop's")
+    migrate.add_argument("--store", type=store_location, required=True)
+    migrate.set_defaults(handler=_store_migrate)
+
+
+def _print_copied(copied: store_admin.Copied) -> None:
+    print(", ".join(f"{table} {count:,}" for table, count in copied.rows.items()))
+
+
+def _store_copy(args: argparse.Namespace) -> int:
+    copied = store_admin.copy(args.source, args.destination)
+    print(f"copied {args.source} -> {printable_location(args.destination)}:")
+    _print_copied(copied)
+    return 0
+
+
+def _store_backup(args: argparse.Namespace) -> int:
+    copied = store_admin.backup(args.store, args.destination)
+    print(f"backed up {printable_location(args.store)} -> {args.destination} (mode 0600):")
+    _print_copied(copied)
+    print("keep the keys file apart from the backup: together they are the register")
+    return 0
+
+
+def _store_migrate(args: argparse.Namespace) -> int:
+    before, after = store_admin.migrate(args.store)
+    if before == after:
+        print(f"the store's schema is already {after}; nothing to do")
+    else:
+        print(f"migrated the store's schema from {before} to {after}")
+    return 0
 
 
 def _log_options(parser: argparse.ArgumentParser) -> None:

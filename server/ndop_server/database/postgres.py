@@ -136,8 +136,10 @@ class PostgresDatabase(Database):
                 raise StoreUnavailable(
                     f"lost the register store at {self.location}: {_first_line(exc)}"
                 ) from None
-            except psycopg.errors.RaiseException as exc:
-                raise StoreError(_first_line(exc)) from None
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"the register store refused an operation: {_first_line(exc)}"
+                ) from None
 
     def has_table(self, name: str) -> bool:
         with self.transaction() as tx:

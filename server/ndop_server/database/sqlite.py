@@ -116,9 +116,9 @@ class SqliteDatabase(Database):
             except sqlite3.IntegrityError as exc:
                 self._db.execute("ROLLBACK")
                 raise DuplicateKey(str(exc)) from exc
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 self._rollback()
-                raise StoreError(f"the register store refused a write: {exc}") from exc
+                raise StoreError(f"the register store refused an operation: {exc}") from exc
             except BaseException:
                 self._rollback()
                 raise

@@ -1,0 +1,317 @@
+"""The storage contract, run against both backends: a SQLite file and a real PostgreSQL
+database started by the tests. The servicer, publisher and CLI never know which they have, so
+whatever holds for one must hold for the other.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from ndop_client import Client, Status
+from ndop_server import keys as keyfile
+from ndop_server import store_admin
+from ndop_server.accounts import Accounts, Limits, QuotaExhausted
+from ndop_server.audit_chain import audit_key
+from ndop_server.audit_record import AuditRecord
+from ndop_server.errors import ConfigurationError, StoreError
+from ndop_server.keys import RegisterKeys
+from ndop_server.register import FILTER_ARTIFACT, Publisher
+from ndop_server.schema import SCHEMA_VERSION
+from ndop_server.server import start_server
+from ndop_server.store import Store
+from ndop_server.synthetic import valid_numbers
+from tests.conftest import GENEROUS, write_numbers
+from tests.postgres_server import PostgresServer
+
+NDOP = [sys.executable, "-m", "ndop_client"]
+
+
+def _keys(tmp_path: Path) -> RegisterKeys:
+    return keyfile.write_new(tmp_path / "keys.json")
+
+
+def _publish(location: str, keys: RegisterKeys, path: Path, values: np.ndarray) -> int:
+    with Store(location, create=True) as store:
+        return (
+            Publisher(store, keys, workers=1)
+            .load_snapshot(write_numbers(path, values))
+            .record.version
+        )
+
+
+def _record(organisation: str, outcome: str, items: int = 0) -> AuditRecord:
+    return AuditRecord(
+        at="2026-11-25T12:00:00.000+00:00",
+        organisation=organisation,
+        request_id=str(uuid.uuid4()),
+        mode="hashed",
+        purpose="research",
+        items_checked=items,
+        items_opted_out=None,
+        register_version=1,
+        outcome=outcome,
+    )
+
+
+# --- the register store ------------------------------------------------------------------
+
+
+def test_versions_are_published_and_read_back(store_location: str, tmp_path: Path) -> None:
+    keys = _keys(tmp_path)
+    numbers = valid_numbers(400, "999", seed=21)
+    assert _publish(store_location, keys, tmp_path / "a.dat", numbers[:300]) == 1
+    with Store(store_location) as store:
+        publisher = Publisher(store, keys, workers=1)
+        second = publisher.apply_changes(
+            write_numbers(tmp_path / "add.dat", numbers[300:350]),
+            write_numbers(tmp_path / "remove.dat", numbers[:20]),
+        ).record
+        latest = store.latest()
+        history = store.history()
+        assert store.register_id() == keys.register_id
+        assert len(store.artifact(2, FILTER_ARTIFACT)) == second.filter_size
+    assert (second.version, second.count, second.added, second.removed) == (2, 330, 50, 20)
+    assert latest == second
+    assert [r.version for r in history] == [2, 1]
+
+
+def test_only_the_three_newest_versions_keep_their_artifacts(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys = _keys(tmp_path)
+    numbers = valid_numbers(100, "999", seed=22)
+    _publish(store_location, keys, tmp_path / "a.dat", numbers[:50])
+    with Store(store_location) as store:
+        for i in range(4):
+            Publisher(store, keys, workers=1).apply_changes(
+                write_numbers(tmp_path / f"add{i}.dat", numbers[50 + i : 51 + i]), None
+            )
+        with pytest.raises(StoreError, match="no filter artifact"):
+            store.artifact(2, FILTER_ARTIFACT)
+        assert store.artifact(3, FILTER_ARTIFACT)
+
+
+def test_a_version_published_meanwhile_makes_publication_refuse(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys = _keys(tmp_path)
+    numbers = valid_numbers(100, "999", seed=23)
+    _publish(store_location, keys, tmp_path / "a.dat", numbers[:50])
+    with Store(store_location) as slow, Store(store_location) as fast:
+        with slow.preparation() as preparation:
+            base = preparation.base_version
+        Publisher(fast, keys, workers=1).apply_changes(
+            write_numbers(tmp_path / "add.dat", numbers[60:61]), None
+        )
+        refused = pytest.raises(StoreError, match="was published while this one was being prepared")
+        with refused, slow.publication(base):
+            pass
+        assert slow.latest_number() == 2
+
+
+def test_a_store_refuses_the_keys_of_another_register(store_location: str, tmp_path: Path) -> None:
+    _publish(store_location, _keys(tmp_path), tmp_path / "a.dat", valid_numbers(5, "999"))
+    other = keyfile.write_new(tmp_path / "other.json")
+    with Store(store_location) as store, pytest.raises(StoreError, match="belongs to register"):
+        Publisher(store, other, workers=1)
+
+
+def test_a_missing_store_is_not_created_by_reading_it(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "typo.sqlite3")
+    with pytest.raises(StoreError, match="does not exist"):
+        Accounts(tmp_path / "typo.sqlite3")
+    assert not (tmp_path / "typo.sqlite3").exists()
+
+
+def test_a_store_of_a_newer_schema_is_refused(store_location: str, tmp_path: Path) -> None:
+    _publish(store_location, _keys(tmp_path), tmp_path / "a.dat", valid_numbers(5, "999"))
+    with Store(store_location) as store, store.db.transaction(lock="register") as tx:
+        tx.run("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this ndop"):
+        Store(store_location)
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+def test_organisations_tokens_limits_and_revocation(store_location: str, tmp_path: Path) -> None:
+    keys = _keys(tmp_path)
+    _publish(store_location, keys, tmp_path / "a.dat", valid_numbers(5, "999"))
+    with Accounts(store_location, audit_key(keys.store_key)) as accounts:
+        token = accounts.add("org-a", Limits(daily_quota=100))
+        with pytest.raises(ConfigurationError, match="already exists"):
+            accounts.add("org-a")
+        found = accounts.authenticate(token)
+        assert found is not None and found.daily_quota == 100
+        assert accounts.authenticate(token + "x") is None
+        accounts.set_limits("org-a", rate_per_second=5)
+        assert accounts.get("org-a").limits.rate_per_second == 5  # type: ignore[union-attr]
+        accounts.revoke("org-a")
+        assert accounts.authenticate(token) is None
+
+
+def test_charges_from_many_replicas_never_cross_the_budget(
+    store_location: str, tmp_path: Path
+) -> None:
+    """30 concurrent checks, from three separate connections (three replicas' worth), on a
+    budget that holds 10 of them: exactly 10 are charged, to the number."""
+    keys = _keys(tmp_path)
+    _publish(store_location, keys, tmp_path / "a.dat", valid_numbers(5, "999"))
+    key = audit_key(keys.store_key)
+    with Accounts(store_location, key) as accounts:
+        accounts.add("busy", Limits(daily_quota=1_000, daily_checks=1_000))
+    replicas = [Accounts(store_location, key) for _ in range(3)]
+    try:
+
+        def check(i: int) -> bool:
+            try:
+                replicas[i % 3].open_check(_record("busy", "started", 100), 100)
+            except QuotaExhausted:
+                return False
+            return True
+
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            outcomes = list(pool.map(check, range(30)))
+        assert outcomes.count(True) == 10
+        assert replicas[0].usage("busy").numbers == 1_000
+        assert replicas[1].verify_audit(key).intact
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_the_audit_log_is_append_only_and_chained(store_location: str, tmp_path: Path) -> None:
+    keys = _keys(tmp_path)
+    _publish(store_location, keys, tmp_path / "a.dat", valid_numbers(5, "999"))
+    key = audit_key(keys.store_key)
+    with Accounts(store_location, key) as accounts:
+        accounts.add("audited", GENEROUS)
+        for _ in range(4):
+            accounts.record(_record("audited", "completed", 7))
+        report = accounts.verify_audit(key)
+        assert report.intact and report.rows == 4 and report.last_id == 4
+        with Store(store_location) as store:
+            for statement in ("UPDATE audit SET items_checked = 1", "DELETE FROM audit"):
+                refused = pytest.raises(StoreError, match="append-only")
+                with refused, store.db.transaction(lock="accounts") as tx:
+                    tx.run(statement)
+        assert accounts.verify_audit(key).intact
+        with pytest.raises(StoreError, match="keys file"):
+            Accounts(store_location).record(_record("audited", "completed"))
+
+
+def test_tampering_past_the_triggers_is_found_in_either_backend(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys = _keys(tmp_path)
+    _publish(store_location, keys, tmp_path / "a.dat", valid_numbers(5, "999"))
+    key = audit_key(keys.store_key)
+    with Accounts(store_location, key) as accounts:
+        for _ in range(5):
+            accounts.record(_record("-", "auth-failed"))
+    drop = (
+        "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;"
+        if not store_location.startswith("postgresql")
+        else "DROP TRIGGER audit_no_change ON audit;"
+    )
+    edit = drop + " UPDATE audit SET items_checked = 9 WHERE id = 2; DELETE FROM audit WHERE id = 5"
+    if store_location.startswith("postgresql"):
+        with psycopg.connect(store_location, autocommit=True) as db:
+            for statement in edit.split(";"):
+                db.execute(statement)
+    else:
+        with sqlite3.connect(store_location) as db:
+            db.executescript(edit)
+    with Accounts(store_location) as accounts:
+        report = accounts.verify_audit(key)
+    assert "row 2 was altered after it was written" in report.problems
+    assert "row 5 was removed from the end of the log" in report.problems
+
+
+# --- moving stores -------------------------------------------------------------------------
+
+
+def _a_working_store(location: str, tmp_path: Path) -> tuple[RegisterKeys, str]:
+    keys = _keys(tmp_path)
+    numbers = valid_numbers(300, "999", seed=31)
+    _publish(location, keys, tmp_path / "snap.dat", numbers[:200])
+    with Store(location) as store:
+        Publisher(store, keys, workers=1).apply_changes(
+            None, write_numbers(tmp_path / "rm.dat", numbers[:10])
+        )
+    with Accounts(location, audit_key(keys.store_key)) as accounts:
+        token = accounts.add("mover", GENEROUS)
+        accounts.open_check(_record("mover", "started", 5), 5)
+        accounts.answer_batch(_record("mover", "answered", 5), 0)
+    return keys, token
+
+
+def test_store_copy_moves_everything_between_backends(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    sqlite_store = str(tmp_path / "from.sqlite3")
+    keys, token = _a_working_store(sqlite_store, tmp_path)
+    url = postgres.new_database()
+    moved = subprocess.run(
+        [*NDOP, "store", "copy", sqlite_store, url], capture_output=True, text=True, check=False
+    )
+    assert moved.returncode == 0, moved.stderr
+    back = tmp_path / "back.sqlite3"
+    copied = store_admin.copy(url, str(back))
+    assert copied.rows["versions"] == 2 and copied.rows["audit"] == 2
+    for location in (url, str(back)):
+        with Store(location) as store:
+            assert store.latest() == Store(sqlite_store).latest()
+        with Accounts(location, audit_key(keys.store_key)) as accounts:
+            assert accounts.authenticate(token) is not None
+            assert accounts.usage("mover").numbers == 5
+            assert accounts.verify_audit(audit_key(keys.store_key)).intact
+            accounts.record(_record("mover", "completed", 5))  # the chain goes on
+            assert accounts.verify_audit(audit_key(keys.store_key)).rows == 3
+    again = subprocess.run(
+        [*NDOP, "store", "copy", sqlite_store, url], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 2 and "already holds a store" in again.stderr
+
+
+def test_a_server_answers_from_a_postgresql_store(postgres: PostgresServer, tmp_path: Path) -> None:
+    url = postgres.new_database()
+    keys = _keys(tmp_path)
+    numbers = valid_numbers(400, "999", seed=41)
+    _publish(url, keys, tmp_path / "snap.dat", numbers[:100])
+    with Accounts(url, audit_key(keys.store_key)) as accounts:
+        token = accounts.add("pg-org", GENEROUS)
+    running = start_server(url, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=5)
+    try:
+        address = f"127.0.0.1:{running.port}"
+        cohort = [f"{int(v):010d}" for v in numbers[90:110]]
+        expected = [Status.OPTED_OUT] * 10 + [Status.CLEARED] * 10
+        with Client(
+            address, insecure=True, token=token, purpose="research", cache_dir=tmp_path / "cache"
+        ) as client:
+            for mode in ("hashed", "private"):
+                assert client.check(cohort, mode=mode).statuses == expected
+            with Store(url) as store:
+                Publisher(store, keys, workers=1).apply_changes(
+                    None, write_numbers(tmp_path / "rm.dat", numbers[90:95])
+                )
+            started = time.monotonic()
+            while running.holder.current is None or running.holder.current.version != 2:
+                assert time.monotonic() - started < 1.0, "NOTIFY did not reach the server"
+                time.sleep(0.01)
+            result = client.check(cohort, mode="hashed")
+        assert result.register_version == 2
+        assert result.statuses == [Status.CLEARED] * 5 + expected[5:]
+    finally:
+        running.stop(grace=1)
