@@ -18,6 +18,7 @@ demo: $(STAMP)
 test: lint unit
 
 unit: $(STAMP)
+	scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
