@@ -11,9 +11,9 @@ import os
 # errors here are reported as one sentence instead. Read when gRPC loads, so set before it.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from ndop_client.check import CheckResult, Status
 from ndop_client.client import Client
 from ndop_client.register_info import RegisterInfo
+from ndop_client.results import CheckResult, Status
 from ndop_core.cohort_files import InvalidRow
 from ndop_core.errors import (
     AuthenticationFailed,

@@ -2,49 +2,30 @@
 
 Matching is whatever the caller passes in (hashed or private mode): it receives the sorted
 unique valid numbers and answers which are opted out. Memory is bounded by the number of rows
-times a few bytes (NumPy arrays, never a Python object per row); rows themselves are read twice
-from the file rather than held.
+times a few bytes (NumPy arrays, never a Python object per row) plus the first
+INVALID_ROWS_LISTED invalid rows; the input is opened once and the cleared rows are written on a
+second pass over the same bytes (see ndop_core.input_stream).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ndop_client.cleared import ClearedWriter
+from ndop_client.column_values import ColumnTexts
 from ndop_client.matching import MatchOutcome
-from ndop_core.cohort_files import CohortFile, InvalidRow, invalid_rows, parse_chunk
+from ndop_client.results import CheckResult, Tally
+from ndop_core.cohort_files import CohortFile, InvalidRows, invalid_rows, read_chunk
 from ndop_core.errors import InputError
-from ndop_core.nhs_number import INVALID, parse_values
+from ndop_core.nhs_number import INVALID, parse_column
 
 Matcher = Callable[[np.ndarray], MatchOutcome]
-
-
-class Status(StrEnum):
-    CLEARED = "cleared"
-    OPTED_OUT = "opted_out"
-    INVALID = "invalid"
-
-
-@dataclass
-class Tally:
-    """Counts shared by file checks and in-memory checks."""
-
-    rows: int = 0
-    blank: int = 0
-    valid: int = 0
-    duplicates: int = 0
-    unique: int = 0
-    opted_out_rows: int = 0
-    opted_out_unique: int = 0
-    cleared: int = 0
-    invalid: list[InvalidRow] = field(default_factory=list)
 
 
 @dataclass
@@ -58,67 +39,92 @@ class Classified:
     tally: Tally
 
 
-def classify(values: np.ndarray, blank: np.ndarray, matcher: Matcher) -> Classified:
+@dataclass
+class Validated:
+    """A column read and validated, before anything is sent."""
+
+    values: np.ndarray
+    blank: np.ndarray
+    invalid: InvalidRows = field(default_factory=InvalidRows)
+    float_exports: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(len(self.values) - self.blank.sum())
+
+    def require_invalid_rate(self, max_rate: float | None) -> None:
+        """InputError before any check when more rows are invalid than the caller allows."""
+        if max_rate is None or not self.rows:
+            return
+        rate = self.invalid.count / self.rows
+        if rate > max_rate:
+            raise InputError(
+                f"{rate:.0%} of the rows ({self.invalid.count:,} of {self.rows:,}) are not valid "
+                f"NHS numbers, more than the {max_rate:.0%} allowed by --max-invalid-rate; "
+                "nothing was sent (is --column the NHS number column?)"
+            )
+
+
+def classify(checked: Validated, matcher: Matcher) -> Classified:
     """Dedupe the valid numbers, match each once, and map the answers back to every row."""
+    values, blank = checked.values, checked.blank
     valid = values != INVALID
     unique, inverse = np.unique(values[valid], return_inverse=True)
     outcome = matcher(unique)
     opted_out = np.zeros(len(values), dtype=bool)
     opted_out[valid] = outcome.opted_out[inverse]
     tally = Tally(
-        rows=int(len(values) - blank.sum()),
+        rows=checked.rows,
         blank=int(blank.sum()),
         valid=int(valid.sum()),
         unique=len(unique),
         opted_out_rows=int(opted_out.sum()),
         opted_out_unique=int(outcome.opted_out.sum()),
+        invalid=checked.invalid,
+        float_exports=checked.float_exports,
     )
     tally.duplicates = tally.valid - tally.unique
     tally.cleared = tally.valid - tally.opted_out_rows
     return Classified(values, blank, opted_out, outcome, tally)
 
 
-@dataclass
-class CheckResult:
-    """The answer to an in-memory check (`Client.check`)."""
-
-    mode: str
-    register_version: int
-    register_count: int
-    statuses: list[Status]
-    cleared: list[str]
-    tally: Tally
-    request_id: str
-    receipt: Any = None
-
-    @property
-    def invalid(self) -> list[InvalidRow]:
-        return self.tally.invalid
-
-    @property
-    def opted_out_count(self) -> int:
-        return self.tally.opted_out_rows
-
-
-def check_sequence(numbers: Sequence[str], matcher: Matcher, mode: str) -> CheckResult:
-    values, reasons = parse_values(numbers)
+def validate_column(column: ColumnTexts) -> Validated:
+    parsed = parse_column(column.texts)
+    values = parsed.values
+    reasons = parsed.reasons
+    for position, reason in column.reasons.items():
+        values[position] = INVALID
+        reasons[position] = reason
+    exports = parsed.float_exports
+    if len(column.from_float):
+        exports += int((column.from_float & (values != INVALID)).sum())
     blank = np.zeros(len(values), dtype=bool)
-    result = classify(values, blank, matcher)
-    result.tally.invalid = invalid_rows(reasons, range(len(values)), blank)
-    statuses = [
-        Status.INVALID if v == INVALID else Status.OPTED_OUT if o else Status.CLEARED
-        for v, o in zip(values.tolist(), result.opted_out.tolist(), strict=True)
-    ]
-    cleared = [n for n, s in zip(numbers, statuses, strict=True) if s is Status.CLEARED]
+    checked = Validated(values, blank, float_exports=exports)
+    checked.invalid.add(invalid_rows(reasons, range(len(values)), blank))
+    return checked
+
+
+def check_column(
+    inputs: list[object] | np.ndarray,
+    column: ColumnTexts,
+    matcher: Matcher,
+    mode: str,
+    max_invalid_rate: float | None = None,
+) -> CheckResult:
+    checked = validate_column(column)
+    checked.require_invalid_rate(max_invalid_rate)
+    result = classify(checked, matcher)
+    summary = result.outcome.summary
+    codes = np.where(checked.values == INVALID, 2, result.opted_out.astype(np.uint8))
     return CheckResult(
         mode=mode,
         register_version=result.outcome.register_version,
         register_count=result.outcome.register_count,
-        statuses=statuses,
-        cleared=cleared,
+        codes=codes.astype(np.uint8),
+        inputs=inputs,
         tally=result.tally,
-        request_id=result.outcome.summary.request_id if result.outcome.summary else "",
-        receipt=result.outcome.summary.receipt if result.outcome.summary else None,
+        request_id=summary.request_id if summary else "",
+        receipt=summary.receipt if summary else None,
     )
 
 
@@ -128,29 +134,46 @@ class FileCheck:
 
     mode: str
     cohort: CohortFile
-    out: Path
+    out: Path | str
     classified: Classified
     timings: dict[str, float]
+    report: dict[str, Any] = field(default_factory=dict)
+    """the JSON report, once saved (Client.check_file)"""
 
 
-def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> FileCheck:
-    started = time.perf_counter()
+def read_file(cohort: CohortFile) -> Validated:
     value_chunks: list[np.ndarray] = []
     blank_chunks: list[np.ndarray] = []
-    invalid: list[InvalidRow] = []
+    checked = Validated(np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))
     for chunk in cohort.chunks():
-        values, blank, chunk_invalid = parse_chunk(chunk)
-        value_chunks.append(values)
-        blank_chunks.append(blank)
-        invalid.extend(chunk_invalid)
-    values = np.concatenate(value_chunks) if value_chunks else np.empty(0, dtype=np.int64)
-    blank = np.concatenate(blank_chunks) if blank_chunks else np.empty(0, dtype=bool)
+        parsed = read_chunk(chunk)
+        value_chunks.append(parsed.values)
+        blank_chunks.append(parsed.blank)
+        checked.invalid.add(parsed.invalid)
+        checked.float_exports += parsed.float_exports
+    if value_chunks:
+        checked.values = np.concatenate(value_chunks)
+        checked.blank = np.concatenate(blank_chunks)
+    return checked
+
+
+def check_file(
+    cohort: CohortFile,
+    out: Path | str,
+    matcher: Matcher,
+    mode: str,
+    *,
+    max_invalid_rate: float | None = None,
+) -> FileCheck:
+    started = time.perf_counter()
+    checked = read_file(cohort)
+    checked.require_invalid_rate(max_invalid_rate)
     validated = time.perf_counter()
 
-    classified = classify(values, blank, matcher)
-    classified.tally.invalid = invalid
+    classified = classify(checked, matcher)
     matched = time.perf_counter()
 
+    values = classified.values
     keep = (values != INVALID) & ~classified.opted_out
     writer = ClearedWriter(cohort, out)
     try:
@@ -160,7 +183,7 @@ def check_file(cohort: CohortFile, out: Path, matcher: Matcher, mode: str) -> Fi
             writer.write(chunk, keep[offset:end], values[offset:end])
             offset = end
         if offset != len(values):
-            raise InputError("the input file changed while it was being checked")
+            raise InputError(f"{cohort.name} changed while it was being checked")
     except BaseException:
         writer.abort()
         raise

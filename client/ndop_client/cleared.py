@@ -1,42 +1,66 @@
 """Writing the cleared rows of a cohort file back in its own format, all or nothing.
 
-`.dat` rows are written canonically (`NNNNNNNNNN,`); `.csv` rows keep every column; plain text
-rows are written as they were. The cleared file keeps the input's line ends.
+`.dat` rows are written canonically (`NNNNNNNNNN,`); `.csv` rows keep every column and the
+delimiter; plain text rows are written as they were. The cleared file keeps the input's line
+ends, is gzip-compressed when its name ends in `.gz`, and replaces OUT only when complete.
+`-` writes to standard output instead, as the rows come.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from ndop_core.cohort_files import Chunk, CohortFile, Format
 from ndop_core.errors import InputError
+from ndop_core.input_stream import STDIN
 from ndop_core.nhs_number import canonical_bytes
 
 
 class ClearedWriter:
     """Writes cleared rows to a temporary file that replaces OUT only when complete."""
 
-    def __init__(self, cohort: CohortFile, out: Path) -> None:
+    def __init__(self, cohort: CohortFile, out: Path | str) -> None:
         self._cohort = cohort
-        self._out = out
-        directory = out.parent if str(out.parent) else Path(".")
-        try:
-            fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
-        except OSError as exc:
-            raise InputError(f"cannot write output {out}: {exc.strerror}") from exc
-        self._temp = Path(temp_name)
-        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._handle, lineterminator=cohort.newline)
+        self._to_stdout = str(out) == STDIN
+        self._out = Path(out)
+        self._temp: Path | None = None
+        self._binary: IO[bytes]
+        if self._to_stdout:
+            self._binary = sys.stdout.buffer
+        else:
+            directory = self._out.parent if str(self._out.parent) else Path(".")
+            try:
+                fd, temp_name = tempfile.mkstemp(prefix=f".{self._out.name}.", dir=directory)
+            except OSError as exc:
+                raise self._error(exc) from None
+            self._temp = Path(temp_name)
+            self._binary = os.fdopen(fd, "wb")
+        self._raw = self._binary
+        if self._out.suffix.lower() == ".gz" and not self._to_stdout:
+            self._binary = gzip.GzipFile(fileobj=self._raw, mode="wb")  # type: ignore[assignment]
+        self._handle = io.TextIOWrapper(
+            self._binary, encoding=cohort.encoding, newline="", write_through=False
+        )
+        self._csv = csv.writer(
+            self._handle, delimiter=cohort.delimiter, lineterminator=cohort.newline
+        )
         if cohort.header is not None:
-            self._csv.writerow(cohort.header)
+            self._guarded(lambda: self._csv.writerow(cohort.header or []))
 
     def write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
         """Write the rows of `chunk` where `keep` is true; `values` are the rows' numbers."""
+        self._guarded(lambda: self._write(chunk, keep, values))
+
+    def _write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
         positions = np.flatnonzero(keep).tolist()
         newline = self._cohort.newline
         if self._cohort.format is Format.DAT:
@@ -55,9 +79,38 @@ class ClearedWriter:
             )
 
     def commit(self) -> None:
-        self._handle.close()
-        os.replace(self._temp, self._out)
+        def finish() -> None:
+            self._handle.flush()
+            if self._to_stdout:
+                self._handle.detach()
+                return
+            self._handle.close()
+            if self._temp is not None:
+                os.replace(self._temp, self._out)
+
+        self._guarded(finish)
 
     def abort(self) -> None:
-        self._handle.close()
-        self._temp.unlink(missing_ok=True)
+        if self._to_stdout:
+            return
+        try:
+            self._handle.close()
+        except (OSError, ValueError):
+            self._raw.close()
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+
+    def _guarded(self, action: object) -> None:
+        assert callable(action)
+        try:
+            action()
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+        except UnicodeEncodeError:
+            self.abort()
+            raise InputError(f"a row cannot be written back in {self._cohort.encoding}") from None
+
+    def _error(self, exc: OSError) -> InputError:
+        where = "standard output" if self._to_stdout else f"output {self._out}"
+        return InputError(f"cannot write {where}: {exc.strerror or exc}")

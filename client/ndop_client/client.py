@@ -7,30 +7,33 @@ with ndop_client.Client("ndop.example.nhs.uk:443", token=..., purpose="research"
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import numpy as np
 
-from ndop_client.check import CheckResult, FileCheck, check_file, check_sequence
+from ndop_client import report
+from ndop_client.check import FileCheck, check_column, check_file
+from ndop_client.column_values import as_sequence, texts_of
 from ndop_client.filter_cache import default_cache_dir
 from ndop_client.hashed_mode import match_hashed
 from ndop_client.matching import MatchOutcome
-from ndop_client.private_mode import match_private
-from ndop_client.progress import NoProgress, Progress
+from ndop_client.private_mode import PrivateResources, match_private
+from ndop_client.progress import Progress, ProgressChoice, chosen_progress
 from ndop_client.register_info import RegisterInfo
+from ndop_client.results import CheckResult
+from ndop_client.stall import DEFAULT_STALL_SECONDS, StallPolicy
 from ndop_client.transport import TlsSettings, open_channel, translate
 from ndop_core.cohort_files import CohortFile
-from ndop_core.errors import FilterOutdated, UsageError
+from ndop_core.errors import AuthenticationFailed, FilterOutdated, UsageError
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_core.purposes import PURPOSES
+from ndop_core.worker_pool import WorkerPool
 
 Mode = Literal["private", "hashed"]
 MODES: tuple[Mode, ...] = ("private", "hashed")
@@ -40,7 +43,8 @@ class Client:
     """A connection to one ndop server. Not shared between threads.
 
     `timeout` bounds each single request (register info); check streams run as long as the
-    cohort needs.
+    cohort needs, but end with ServerUnavailable when the server owes an answer and sends
+    nothing for `stall_timeout` seconds.
     """
 
     def __init__(
@@ -56,24 +60,29 @@ class Client:
         workers: int | None = None,
         cache_dir: Path | str | None = None,
         timeout: float | None = 30.0,
+        stall_timeout: float = DEFAULT_STALL_SECONDS,
     ) -> None:
+        if stall_timeout <= 0:
+            raise UsageError("the stall timeout must be a positive number of seconds")
         self.server = server
         self.purpose = purpose
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self._authenticates = bool(token or os.environ.get("NDOP_TOKEN") or client_cert)
         self._workers = workers or os.cpu_count() or 1
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         token = token if token is not None else os.environ.get("NDOP_TOKEN")
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        tls = TlsSettings(
+        self._tls = TlsSettings(
             insecure=insecure,
             ca_file=Path(ca_file) if ca_file else None,
             client_cert=Path(client_cert) if client_cert else None,
             client_key=Path(client_key) if client_key else None,
         )
-        self._pool: ProcessPoolExecutor | None = None
-        self._channel = open_channel(server, tls)
+        self._pool: WorkerPool | None = None
+        self._channel = open_channel(server, self._tls)
         self._stub = ndop_pb2_grpc.OptOutRegisterStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -90,48 +99,72 @@ class Client:
 
     def info(self) -> RegisterInfo:
         """The register version the server is answering from, and its parameters."""
-        with self._rpc_errors():
+        deadline = min(self.timeout or self.stall_timeout, self.stall_timeout)
+        with self._rpc_errors(deadline):
             reply = self._stub.GetRegisterInfo(
-                ndop_pb2.GetRegisterInfoRequest(), metadata=self._metadata, timeout=self.timeout
+                ndop_pb2.GetRegisterInfoRequest(), metadata=self._metadata, timeout=deadline
             )
         return RegisterInfo.from_proto(reply)
 
     def check(
         self,
-        numbers: Sequence[str],
+        numbers: Iterable[Any],
         *,
         mode: Mode = "private",
         purpose: str | None = None,
-        progress: Progress | None = None,
+        progress: ProgressChoice = None,
+        max_invalid_rate: float | None = None,
     ) -> CheckResult:
-        """Check NHS numbers in any accepted written form; answers one status per input."""
-        matcher = self._matcher(mode, purpose, progress or NoProgress())
-        return check_sequence(list(numbers), matcher, mode)
+        """Check a column of NHS numbers: a list, NumPy array, pandas or polars Series of str,
+        int or float (None and NaN are invalid, never an error). One status per input.
+
+        `progress`: None shows a bar in a notebook or on a terminal, False nothing; or pass a
+        tqdm-like class or an object with start/advance/finish."""
+        inputs = as_sequence(numbers)
+        matcher = self._matcher(mode, purpose, chosen_progress(progress))
+        return check_column(inputs, texts_of(inputs), matcher, mode, max_invalid_rate)
 
     def check_file(
         self,
-        input_path: Path,
-        out: Path,
+        input_path: Path | str,
+        out: Path | str,
         *,
         mode: Mode = "private",
         column: str | None = None,
         purpose: str | None = None,
-        progress: Progress | None = None,
+        report_path: Path | str | None = None,
+        receipt_path: Path | str | None = None,
+        encoding: str = "utf-8",
+        format: str | None = None,
+        max_invalid_rate: float | None = None,
+        progress: ProgressChoice = None,
     ) -> FileCheck:
-        """Check a cohort file and write the cleared rows to `out` in the same format."""
-        cohort = CohortFile(input_path, column)
-        matcher = self._matcher(mode, purpose, progress or NoProgress())
-        return check_file(cohort, out, matcher, mode)
+        """What `ndop check` does: check a cohort file (or `-`, standard input), write the
+        cleared rows to `out` (or `-`) in the same format, the signed receipt beside the report
+        (or beside `out`), and the report when `report_path` is given. `check.report` holds it.
+        """
+        paths = report.OutputPaths.of(input_path, out, report_path, receipt_path)
+        declared = self._declared(purpose)
+        with CohortFile(input_path, column, encoding=encoding, format=format) as cohort:
+            matcher = self._matcher(mode, declared, chosen_progress(progress))
+            check = check_file(cohort, out, matcher, mode, max_invalid_rate=max_invalid_rate)
+        check.report = report.save(check, declared, paths)
+        return check
+
+    def _declared(self, purpose: str | None) -> str:
+        declared = purpose or self.purpose
+        if declared not in PURPOSES:
+            raise UsageError(f"declare the purpose of the check, one of: {', '.join(PURPOSES)}")
+        return declared
 
     def _matcher(
         self, mode: Mode, purpose: str | None, progress: Progress
     ) -> Callable[[np.ndarray], MatchOutcome]:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        declared = purpose or self.purpose
-        if declared not in PURPOSES:
-            raise UsageError(f"declare the purpose of the check, one of: {', '.join(PURPOSES)}")
-        context = ndop_pb2.CheckContext(purpose=declared, request_id=str(uuid.uuid4()))
+        context = ndop_pb2.CheckContext(
+            purpose=self._declared(purpose), request_id=str(uuid.uuid4())
+        )
 
         def match(unique_values: np.ndarray) -> MatchOutcome:
             context.expected_items = len(unique_values)
@@ -139,7 +172,13 @@ class Client:
             with self._rpc_errors():
                 if mode == "hashed":
                     return match_hashed(
-                        self._stub, info, unique_values, context, self._metadata, progress
+                        self._stub,
+                        info,
+                        unique_values,
+                        context,
+                        self._metadata,
+                        progress,
+                        self._watch(),
                     )
                 try:
                     return self._match_private(info, unique_values, context, progress)
@@ -165,22 +204,26 @@ class Client:
             context,
             self._metadata,
             progress,
-            self._process_pool(),
-            self._workers,
-            self._cache_dir,
+            PrivateResources(self._process_pool(), self._workers, self._cache_dir, self._watch()),
         )
 
-    def _process_pool(self) -> ProcessPoolExecutor:
+    def _watch(self) -> StallPolicy:
+        return StallPolicy(self.stall_timeout, self.server)
+
+    def _process_pool(self) -> WorkerPool:
         if self._pool is None:
-            # spawn, not fork: the process already runs gRPC threads.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self._workers, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._pool = WorkerPool(self._workers)
         return self._pool
 
     @contextmanager
-    def _rpc_errors(self) -> Iterator[None]:
+    def _rpc_errors(self, deadline: float | None = None) -> Iterator[None]:
         try:
             yield
         except grpc.RpcError as exc:
-            raise translate(exc, self.server) from None
+            error = translate(exc, self.server, deadline, self._tls)
+            if isinstance(error, AuthenticationFailed) and not self._authenticates:
+                error = AuthenticationFailed(
+                    f"the ndop server at {self.server} needs your organisation's token: set "
+                    "NDOP_TOKEN or pass --token (token= in Python)"
+                )
+            raise error from None

@@ -20,8 +20,9 @@ import grpc
 
 from ndop_client.compatibility import require_filter_scheme
 from ndop_client.register_info import RegisterInfo
+from ndop_client.stall import DEFAULT_STALL_SECONDS, StallPolicy, StallWatch
 from ndop_core import filter as published_filter
-from ndop_core.errors import IntegrityError, RequestRejected, UnsupportedServer
+from ndop_core.errors import InputError, IntegrityError, RequestRejected, UnsupportedServer
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 
 
@@ -59,21 +60,36 @@ def fetch_filter(
     register_id: str,
     version: int,
     metadata: tuple[tuple[str, str], ...],
+    stall: StallPolicy | None = None,
 ) -> CachedFilter:
     """The filter of `version`, from the cache when it holds the same digest."""
+    watch = (stall or StallPolicy(DEFAULT_STALL_SECONDS, "")).watch("the filter download")
+    watch.expect()
     chunks = stub.GetFilter(ndop_pb2.GetFilterRequest(version=version), metadata=metadata)
+    with watch.guarding(chunks):
+        return _download(chunks, cache_dir, register_id, version, watch)
+
+
+def _download(
+    chunks: Iterator[ndop_pb2.FilterChunk],
+    cache_dir: Path,
+    register_id: str,
+    version: int,
+    watch: StallWatch,
+) -> CachedFilter:
     try:
         first = next(chunks)
     except StopIteration as exc:
         raise RequestRejected("the server sent an empty filter stream") from exc
+    watch.received(settles=0)
     header = first.header
     if not first.HasField("header") or header.register_version != version:
-        chunks.cancel()
+        _cancel(chunks)
         raise RequestRejected("the server sent a filter for another register version")
     try:
         _require_usable(header, first.data)
     except BaseException:
-        chunks.cancel()
+        _cancel(chunks)
         raise
     path = _path(cache_dir, register_id, version, header.sha256)
     directory = path.parent
@@ -81,15 +97,20 @@ def fetch_filter(
         path, header.register_version, header.count, header.key_id, header.false_positive_rate
     )
     if path.exists() and _sha256_file(path) == header.sha256:
-        chunks.cancel()
+        _cancel(chunks)
         return described
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=".filter.", dir=directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=".filter.", dir=directory)
+    except OSError as exc:
+        _cancel(chunks)
+        raise _cache_error(directory, exc) from None
     digest = hashlib.sha256()
     received = 0
     try:
         with os.fdopen(fd, "wb") as handle:
             for chunk in _chain(first, chunks):
+                watch.received(settles=0)
                 if chunk.offset != received:
                     raise IntegrityError("the filter arrived with a gap or overlap")
                 handle.write(chunk.data)
@@ -100,12 +121,27 @@ def fetch_filter(
                 "the downloaded filter does not match its published digest; it was discarded"
             )
         os.replace(temp_name, path)
+    except OSError as exc:
+        Path(temp_name).unlink(missing_ok=True)
+        _cancel(chunks)
+        raise _cache_error(directory, exc) from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(chunks, grpc.Future):
-            chunks.cancel()
+        _cancel(chunks)
         raise
     return described
+
+
+def _cancel(chunks: Iterator[ndop_pb2.FilterChunk]) -> None:
+    if isinstance(chunks, grpc.Future):
+        chunks.cancel()
+
+
+def _cache_error(directory: Path, exc: OSError) -> InputError:
+    return InputError(
+        f"cannot save the register's filter in {directory}: {exc.strerror}; free some space "
+        "there or point XDG_CACHE_HOME (cache_dir= in Python) at another directory"
+    )
 
 
 def _require_usable(header: ndop_pb2.FilterHeader, first_data: bytes) -> None:

@@ -19,6 +19,7 @@ from ndop_client.matching import (
 )
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
+from ndop_client.stall import StallPolicy
 from ndop_core.errors import RequestRejected
 from ndop_core.hashing import Hasher
 from ndop_core.nhs_number import canonical_bytes
@@ -33,10 +34,12 @@ def match_hashed(
     context: ndop_pb2.CheckContext,
     metadata: tuple[tuple[str, str], ...],
     progress: Progress,
+    stall: StallPolicy,
 ) -> MatchOutcome:
     require_hashed(info)
     hasher = Hasher(info.salt, info.hashed_scheme)
     submitted = hashlib.sha256()
+    watch = stall.watch("the check")
     bounds = batch_bounds(
         len(values), min(HASHED_BATCH_ITEMS, info.max_batch_items or HASHED_BATCH_ITEMS)
     )
@@ -46,7 +49,9 @@ def match_hashed(
         for batch_id, (start, end) in enumerate(bounds):
             digests = hasher.digest_packed(canonical_bytes(values[start:end]))
             submitted.update(digests)
+            watch.expect()
             yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
+        watch.expect()  # the summary
 
     opted_out = np.zeros(len(values), dtype=bool)
     answered = 0
@@ -55,19 +60,21 @@ def match_hashed(
     progress.start(len(values), "checking")
     call = stub.CheckHashed(requests(), metadata=metadata)
     try:
-        for response in call:
-            if response.HasField("summary"):
-                summary = response.summary
-                continue
-            batch = response.batch
-            if version is None:
-                version = batch.register_version
-            elif batch.register_version != version:
-                raise RequestRejected("the server mixed register versions within one check")
-            start, end = expect_batch(batch.batch_id, bounds, batch.count)
-            opted_out[start:end] = unpack_bits(batch.opted_out, end - start)
-            answered += 1
-            progress.advance(end - start)
+        with watch.guarding(call):
+            for response in call:
+                watch.received()
+                if response.HasField("summary"):
+                    summary = response.summary
+                    continue
+                batch = response.batch
+                if version is None:
+                    version = batch.register_version
+                elif batch.register_version != version:
+                    raise RequestRejected("the server mixed register versions within one check")
+                start, end = expect_batch(batch.batch_id, bounds, batch.count)
+                opted_out[start:end] = unpack_bits(batch.opted_out, end - start)
+                answered += 1
+                progress.advance(end - start)
     except BaseException:
         call.cancel()
         raise

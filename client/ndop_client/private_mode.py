@@ -11,6 +11,7 @@ import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,10 +31,22 @@ from ndop_client.matching import (
 )
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
+from ndop_client.stall import StallPolicy
 from ndop_core.crypto import oprf
 from ndop_core.errors import FilterOutdated, IntegrityError, RequestRejected
 from ndop_core.nhs_number import canonical_bytes
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
+
+
+@dataclass(frozen=True)
+class PrivateResources:
+    """What private mode works with beside the server: worker processes, the filter cache,
+    and the stall deadline."""
+
+    pool: Executor
+    workers: int
+    cache_dir: Path
+    stall: StallPolicy
 
 
 def match_private(
@@ -43,13 +56,12 @@ def match_private(
     context: ndop_pb2.CheckContext,
     metadata: tuple[tuple[str, str], ...],
     progress: Progress,
-    pool: Executor,
-    workers: int,
-    cache_dir: Path,
+    resources: PrivateResources,
 ) -> MatchOutcome:
     require_private(info)
-    cached = cached_filter(cache_dir, info) or fetch_filter(
-        stub, cache_dir, info.register_id, info.version, metadata
+    pool, workers = resources.pool, resources.workers
+    cached = cached_filter(resources.cache_dir, info) or fetch_filter(
+        stub, resources.cache_dir, info.register_id, info.version, metadata, resources.stall
     )
     if cached.key_id != info.oprf_key_id:
         raise IntegrityError("the filter was made with another OPRF key than the server's")
@@ -58,6 +70,7 @@ def match_private(
     batch_items = min(PRIVATE_BATCH_ITEMS, info.max_batch_items or PRIVATE_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)
     window = 2 * workers + 2
+    watch = resources.stall.watch("the check")
     blinds: dict[int, bytes] = {}
     request_error: list[BaseException] = []
 
@@ -77,7 +90,9 @@ def match_private(
                 batch_blinds, blinded = pending.popleft().result()
                 blinds[batch_id] = batch_blinds
                 submitted.update(blinded)
+                watch.expect()
                 yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
+            watch.expect()  # the summary
         except Exception as exc:
             request_error.append(exc)
             raise
@@ -95,41 +110,43 @@ def match_private(
     progress.start(len(values), "checking")
     call = stub.Evaluate(requests(), metadata=metadata)
     try:
-        for response in call:
-            if response.HasField("summary"):
-                summary = response.summary
-                continue
-            batch = response.batch
-            if batch.register_version != cached.register_version:
-                raise IntegrityError(
-                    "the server answered from another register version than the filter's; "
-                    "the check was discarded"
+        with watch.guarding(call):
+            for response in call:
+                watch.received()
+                if response.HasField("summary"):
+                    summary = response.summary
+                    continue
+                batch = response.batch
+                if batch.register_version != cached.register_version:
+                    raise IntegrityError(
+                        "the server answered from another register version than the filter's; "
+                        "the check was discarded"
+                    )
+                if batch.key_id != cached.key_id:
+                    raise IntegrityError(
+                        "the server's OPRF key changed during the check; run the check again"
+                    )
+                start, end = expect_batch(batch.batch_id, bounds, batch.count)
+                if len(batch.evaluated_elements) != (end - start) * oprf.ELEMENT_SIZE:
+                    raise RequestRejected("the server answered a batch of the wrong size")
+                finishing.append(
+                    (
+                        start,
+                        end,
+                        pool.submit(
+                            private_workers.unblind_and_test,
+                            cached.path,
+                            canonical_bytes(values[start:end]),
+                            blinds.pop(batch.batch_id),
+                            batch.evaluated_elements,
+                        ),
+                    )
                 )
-            if batch.key_id != cached.key_id:
-                raise IntegrityError(
-                    "the server's OPRF key changed during the check; run the check again"
-                )
-            start, end = expect_batch(batch.batch_id, bounds, batch.count)
-            if len(batch.evaluated_elements) != (end - start) * oprf.ELEMENT_SIZE:
-                raise RequestRejected("the server answered a batch of the wrong size")
-            finishing.append(
-                (
-                    start,
-                    end,
-                    pool.submit(
-                        private_workers.unblind_and_test,
-                        cached.path,
-                        canonical_bytes(values[start:end]),
-                        blinds.pop(batch.batch_id),
-                        batch.evaluated_elements,
-                    ),
-                )
-            )
-            answered += 1
-            while len(finishing) > window:
+                answered += 1
+                while len(finishing) > window:
+                    collect_oldest()
+            while finishing:
                 collect_oldest()
-        while finishing:
-            collect_oldest()
     except grpc.RpcError as exc:
         if request_error:
             raise request_error[0] from None

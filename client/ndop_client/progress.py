@@ -1,10 +1,20 @@
-"""A progress bar on a terminal; silence in a pipe."""
+"""Progress: a bar on a terminal, a widget (or text) in a notebook, silence in a pipe or a
+Spark executor; or whatever the caller passes.
+
+A caller passes None (automatic), False (nothing), an object with start/advance/finish, or a
+tqdm-like class (`tqdm.tqdm`, `tqdm.notebook.tqdm`, or anything called as
+`factory(total=..., desc=...)` that has update() and close()).
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Protocol, TextIO
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO, TypeAlias
+
+from ndop_core.errors import UsageError
 
 
 class Progress(Protocol):
@@ -66,6 +76,67 @@ class TerminalProgress:
         self._stream.flush()
 
 
+class TqdmProgress:
+    """A tqdm bar (or anything called like one)."""
+
+    def __init__(self, factory: Callable[..., Any]) -> None:
+        self._factory = factory
+        self._bar: Any = None
+
+    def start(self, total: int, label: str) -> None:
+        self._bar = self._factory(total=total, desc=label, unit=" numbers", unit_scale=True)
+
+    def advance(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+ProgressChoice: TypeAlias = "Progress | Callable[..., Any] | bool | None"
+
+
 def for_stream(stream: TextIO = sys.stderr) -> Progress:
     """A bar when `stream` is a terminal, nothing otherwise."""
-    return TerminalProgress(stream) if stream.isatty() else NoProgress()
+    return TerminalProgress(stream) if _is_terminal(stream) else NoProgress()
+
+
+def chosen_progress(choice: ProgressChoice) -> Progress:
+    if choice is None or choice is True:
+        return automatic()
+    if choice is False:
+        return NoProgress()
+    if all(hasattr(choice, name) for name in ("start", "advance", "finish")):
+        chosen: Progress = choice  # type: ignore[assignment]
+        return chosen
+    if callable(choice):
+        return TqdmProgress(choice)
+    raise UsageError("progress must be None, a bool, a tqdm-like class or a Progress")
+
+
+def automatic() -> Progress:
+    """A notebook widget in Jupyter, a bar on a terminal, nothing anywhere else."""
+    if in_notebook():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
+        return TqdmProgress(tqdm)
+    return for_stream(sys.stderr)
+
+
+def in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    get_ipython = getattr(shell, "get_ipython", None)
+    if get_ipython is None:
+        return False
+    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

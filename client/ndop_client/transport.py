@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,11 +25,31 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 # gRPC itself words its own concurrency limit, which is not the organisation's quota.
 BUSY_PREFIXES: Final = ("this organisation already has", "the server is at its limit")
 GRPC_CONCURRENCY_LIMIT: Final = "Concurrent RPC limit exceeded!"
+# Keepalive pings while a call is open notice a connection that died silently (a server host
+# that vanished, a dropped route) within about 30 seconds; the stall deadline (stall.py)
+# notices a live connection to a server that stopped working.
 CHANNEL_OPTIONS: Final = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
 )
+_UNTRUSTED: Final = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "BAD_SIGNATURE",
+    "certificate signature failure",
+    "unable to get local issuer",
+    "self signed",
+    "self-signed",
+)
+_NOT_TLS: Final = ("WRONG_VERSION_NUMBER", "wrong version number", "packet length too long")
+_CERT_REQUIRED: Final = ("CERTIFICATE_REQUIRED", "certificate required", "HANDSHAKE_FAILURE")
+_WRONG_NAME: Final = ("Peer name", "hostname mismatch", "does not match")
+_NO_HOST: Final = ("resolving", "Domain name not found", "DNS resolution failed")
+_LAST_ERROR: Final = re.compile(r"^.*?last error: [A-Z_]+: (?:ipv[46]:\S+|unix:\S+): ", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,12 @@ def open_channel(server: str, tls: TlsSettings) -> grpc.Channel:
     return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
 
 
-def translate(error: grpc.RpcError, server: str) -> NdopError:
+def translate(
+    error: grpc.RpcError,
+    server: str,
+    deadline: float | None = None,
+    tls: TlsSettings | None = None,
+) -> NdopError:
     """One-sentence ndop error for a failed RPC. Server details are short, identifier-free
     sentences by contract; they are passed on, never anything from the request."""
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -72,15 +98,17 @@ def translate(error: grpc.RpcError, server: str) -> NdopError:
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith(BUSY_PREFIXES):
         return ServerUnavailable(f"the ndop server at {server} is busy: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailable(
-            f"cannot reach the ndop server at {server}: {_first_line(details)}"
-        )
+        return ServerUnavailable(_unreachable(server, details, tls or TlsSettings()))
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details == GRPC_CONCURRENCY_LIMIT:
         return ServerUnavailable(
             f"the ndop server at {server} is busy (too many calls at once); retry in a few seconds"
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ServerUnavailable(f"the ndop server at {server} did not answer in time")
+        within = f" within {deadline:g} s" if deadline else " in time"
+        return ServerUnavailable(
+            f"the ndop server at {server} did not answer{within}; it may be overloaded or "
+            "stopped: try again later"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationFailed(f"the server refused the credentials: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -93,9 +121,56 @@ def translate(error: grpc.RpcError, server: str) -> NdopError:
         grpc.StatusCode.ALREADY_EXISTS,
     ):
         return RequestRejected(f"the server rejected the request: {details}")
-    return ServiceError(f"the ndop server failed the request ({code.name}): {_first_line(details)}")
+    return ServiceError(f"the ndop server failed the request ({code.name}): {_reason(details)}")
 
 
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no details"
-    return line[:200]
+def _unreachable(server: str, details: str, tls: TlsSettings) -> str:
+    """Why a connection failed, in a sentence that says what to do about it."""
+    if any(sign in details for sign in _UNTRUSTED):
+        if tls.ca_file is not None:
+            return (
+                f"the TLS certificate of the ndop server at {server} is not signed by the CA "
+                f"in --ca-file {tls.ca_file}; ask the register operator for the right CA file"
+            )
+        return (
+            f"the TLS certificate of the ndop server at {server} is not signed by a CA this "
+            "client trusts; give the register operator's CA certificate with --ca-file "
+            "(ca_file= in Python)"
+        )
+    if any(sign in details for sign in _NOT_TLS):
+        return (
+            f"the ndop server at {server} does not speak TLS; if it is a development server "
+            "started with --insecure, pass --insecure too (insecure=True in Python)"
+        )
+    if any(sign in details for sign in _CERT_REQUIRED):
+        return (
+            f"the ndop server at {server} refused the TLS handshake: it may require a client "
+            "certificate (--cert and --key) from a CA it trusts"
+        )
+    if any(sign in details for sign in _WRONG_NAME):
+        return (
+            f"the TLS certificate of the ndop server at {server} is for another name; "
+            "connect with the host name the certificate names"
+        )
+    if "Socket closed" in details and tls.insecure:
+        return (
+            f"the ndop server at {server} closed the plaintext connection: if it uses TLS, "
+            "leave out --insecure and give its CA with --ca-file"
+        )
+    if "Connection refused" in details:
+        return (
+            f"nothing is listening at {server} (connection refused); check the address and "
+            "that the ndop server is running"
+        )
+    if any(sign in details for sign in _NO_HOST):
+        return f"cannot find the host of {server}; check the server's name"
+    return f"cannot reach the ndop server at {server}: {_reason(details)}"
+
+
+def _reason(details: str) -> str:
+    """gRPC's own words without its address prefix, ended on a word, never mid-word."""
+    text = _LAST_ERROR.sub("", details.strip()).strip().splitlines()
+    reason = text[0] if text else "no details"
+    if len(reason) > 160:
+        reason = reason[:160].rsplit(" ", 1)[0] + " …"
+    return reason

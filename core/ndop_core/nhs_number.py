@@ -11,7 +11,9 @@ Reasons never quote the input: they go into reports and logs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -19,6 +21,8 @@ import numpy as np
 
 _DIGITS: Final = frozenset("0123456789")
 _SEPARATORS: Final = str.maketrans("", "", " -")
+# A spreadsheet or pandas export of a ten-digit number as a decimal: 9434765919.0
+_FLOAT_EXPORT: Final = re.compile(r"([0-9]{10})\.0*")
 
 
 class InvalidReason(StrEnum):
@@ -29,6 +33,9 @@ class InvalidReason(StrEnum):
     WRONG_LENGTH = "not 10 digits"
     CHECK_DIGIT_10 = "check digit would be 10, so the number is never issued"
     CHECK_DIGIT_MISMATCH = "check digit does not match"
+    MISSING = "missing value (None or NaN)"
+    NOT_WHOLE = "a decimal that is not a whole number"
+    UNSUPPORTED_TYPE = "neither text nor a number"
 
 
 def _chunk_table(weights: tuple[int, int, int]) -> dict[str, int]:
@@ -72,8 +79,8 @@ def validate_digits(digits: str) -> str | InvalidReason:
 def parse(text: str) -> str | InvalidReason:
     """Canonical ten-digit form of `text`, or the reason it is not a valid NHS number.
 
-    Accepts surrounding white space, one trailing comma (CfNDO `.dat`), and spaces or hyphens
-    between digits.
+    Accepts surrounding white space, one trailing comma (CfNDO `.dat`), spaces or hyphens
+    between digits, and a decimal export of the ten digits (`9434765919.0`).
     """
     candidate = text.strip()
     if candidate.endswith(","):
@@ -81,6 +88,8 @@ def parse(text: str) -> str | InvalidReason:
     if len(candidate) != 10 or not (candidate.isascii() and candidate.isdigit()):
         if not candidate:
             return InvalidReason.EMPTY
+        if exported := _FLOAT_EXPORT.fullmatch(candidate):
+            return validate_digits(exported.group(1))
         candidate = candidate.translate(_SEPARATORS)
         if not _DIGITS.issuperset(candidate):
             return InvalidReason.NOT_DIGITS
@@ -105,6 +114,25 @@ _POWERS_OF_TEN: Final = 10 ** np.arange(9, -1, -1, dtype=np.int64)
 INVALID: Final = -1
 
 
+def is_float_export(text: str) -> bool:
+    """True when `text` writes ten digits as a decimal (`9434765919.0`), valid or not."""
+    return _FLOAT_EXPORT.fullmatch(text.strip().removesuffix(",").rstrip()) is not None
+
+
+@dataclass
+class ParsedColumn:
+    values: np.ndarray
+    """int64, INVALID where the text is not a valid NHS number"""
+    reasons: dict[int, InvalidReason]
+    float_exports: int
+    """valid numbers that were written as decimals (`9434765919.0`)"""
+
+
+def parse_column(texts: Sequence[str]) -> ParsedColumn:
+    """`parse_values`, also counting the valid numbers written as decimals."""
+    return _parse_all(texts)
+
+
 def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidReason]]:
     """`parse` for many texts at once, answering with numbers rather than strings.
 
@@ -112,6 +140,11 @@ def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidRea
     valid NHS number) and the reason for each invalid position. Texts in a plain ten-digit
     form are checked together with NumPy; only the rest go through `parse` one by one.
     """
+    parsed = _parse_all(texts)
+    return parsed.values, parsed.reasons
+
+
+def _parse_all(texts: Sequence[str]) -> ParsedColumn:
     candidates = [text.strip().removesuffix(",") for text in texts]
     lengths = np.fromiter(map(len, candidates), dtype=np.int64, count=len(candidates))
     ten = np.flatnonzero(lengths == 10)
@@ -126,13 +159,15 @@ def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidRea
         valid = all_digits & (check == digits[:, 9])
         values[ten] = np.where(valid, digits @ _POWERS_OF_TEN, INVALID)
     reasons: dict[int, InvalidReason] = {}
+    exports = 0
     for position in np.flatnonzero(values == INVALID).tolist():
         result = parse(texts[position])
         if isinstance(result, InvalidReason):
             reasons[position] = result
         else:
             values[position] = int(result)
-    return values, reasons
+            exports += is_float_export(texts[position])
+    return ParsedColumn(values, reasons, exports)
 
 
 def distinct(values: np.ndarray) -> np.ndarray:

@@ -5,38 +5,68 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ndop_client import report
 from ndop_client.client import MODES, Client
 from ndop_client.progress import for_stream
+from ndop_client.stall import DEFAULT_STALL_SECONDS
+from ndop_core.cohort_files import FORMAT_CHOICES
 from ndop_core.errors import UsageError
+from ndop_core.input_stream import ENCODINGS, STDIN
 from ndop_core.purposes import PURPOSES
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, metavar="HOST:PORT")
     parser.add_argument("--insecure", action="store_true", help="plaintext (local development)")
-    parser.add_argument("--ca-file", type=Path, help="CA certificate to verify the server")
-    parser.add_argument("--cert", type=Path, help="client certificate for mutual TLS")
-    parser.add_argument("--key", type=Path, help="client key for mutual TLS")
+    parser.add_argument("--ca-file", help="CA certificate to verify the server")
+    parser.add_argument("--cert", help="client certificate for mutual TLS")
+    parser.add_argument("--key", help="client key for mutual TLS")
     parser.add_argument("--token", help="organisation API token (default: $NDOP_TOKEN)")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_SECONDS,
+        metavar="SECONDS",
+        help="give up when the server owes an answer and sends nothing for this long "
+        f"(default {DEFAULT_STALL_SECONDS:g})",
+    )
 
 
 def add_check_command(commands: Any) -> None:
     parser = commands.add_parser(
         "check",
         help="clear a cohort file of opted-out patients",
-        description="Check a cohort (.dat, .csv or one number per line) and write the rows "
-        "that are valid and not opted out to --out, in the same format.",
+        description="Check a cohort (.dat, .csv, .tsv or one number per line, optionally "
+        "gzipped; - for standard input) and write the rows that are valid and not opted out "
+        "to --out (- for standard output), in the same format.",
     )
-    parser.add_argument("input", type=Path, metavar="INPUT")
+    parser.add_argument("input", metavar="INPUT")
     add_connection_options(parser)
-    parser.add_argument("--out", type=Path, required=True, metavar="CLEARED")
+    parser.add_argument("--out", required=True, metavar="CLEARED")
     parser.add_argument("--mode", choices=MODES, default="private")
-    parser.add_argument("--report", type=Path, metavar="REPORT.json")
-    parser.add_argument("--column", metavar="NAME", help="NHS number column of a .csv input")
+    parser.add_argument("--report", metavar="REPORT.json", help="the JSON report (- for stdout)")
+    parser.add_argument(
+        "--receipt", metavar="RECEIPT.json", help="the signed receipt (default: beside the report)"
+    )
+    parser.add_argument("--column", metavar="NAME", help="NHS number column of a CSV or TSV")
+    parser.add_argument(
+        "--format", choices=FORMAT_CHOICES, help="the input's format (default: from its name)"
+    )
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help=f"the input's encoding: {', '.join(sorted(set(ENCODINGS.values())))} (default utf-8)",
+    )
+    parser.add_argument(
+        "--max-invalid-rate",
+        type=_rate,
+        metavar="FRACTION",
+        help="refuse to check (exit 2, nothing sent) when more than this share of the rows "
+        "are not valid NHS numbers, e.g. 0.05",
+    )
     parser.add_argument(
         "--purpose",
         required=True,
@@ -47,12 +77,19 @@ def add_check_command(commands: Any) -> None:
     parser.set_defaults(handler=run_check)
 
 
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
+    if not 0 <= rate <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1")
+    return rate
+
+
 def run_check(args: argparse.Namespace) -> int:
-    if args.out.resolve() == args.input.resolve():
-        raise UsageError("--out must not be the input file")
-    for option, path in (("--out", args.out), ("--report", args.report)):
-        if path is not None:
-            _require_writable_directory(option, path)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     token = args.token or os.environ.get("NDOP_TOKEN")
     with Client(
         args.server,
@@ -63,6 +100,7 @@ def run_check(args: argparse.Namespace) -> int:
         token=token,
         purpose=args.purpose,
         workers=args.workers,
+        stall_timeout=args.stall_timeout,
     ) as client:
         check = client.check_file(
             args.input,
@@ -70,20 +108,20 @@ def run_check(args: argparse.Namespace) -> int:
             mode=args.mode,
             column=args.column,
             purpose=args.purpose,
+            report_path=args.report,
+            receipt_path=args.receipt,
+            encoding=args.encoding,
+            format=args.format,
+            max_invalid_rate=args.max_invalid_rate,
             progress=for_stream(sys.stderr),
         )
-    result = report.save(check, args.purpose, args.report)
+    result = check.report
+    stdout_taken = STDIN in (str(args.out), str(args.report))
+    summary = sys.stderr if stdout_taken else sys.stdout
     for line in report.summary_lines(result):
-        print(line)
+        print(line, file=summary)
     if "receipt" in result:
-        print(f"signed receipt -> {result['receipt']}")
+        print(f"signed receipt -> {result['receipt']}", file=summary)
+    for line in report.warnings(result):
+        print(f"ndop: {line}", file=sys.stderr)
     return 0
-
-
-def _require_writable_directory(option: str, path: Path) -> None:
-    """Refuse before any work when an output cannot be written, rather than after."""
-    directory = path.parent
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        raise UsageError(
-            f"{option} {path}: directory {directory} does not exist or is not writable"
-        )

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from ndop_client.cli.check_command import add_check_command
@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ndop", description="National data opt-out matching service.")
+    parser.add_argument("--version", action="version", version=f"ndop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_check_command(commands)
     add_receipt_command(commands)
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             register(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("ndop")
+    except PackageNotFoundError:
+        return "(version unknown: not installed)"
 
 
 OPERATOR_COMMANDS = ("keys", "register", "serve", "org", "audit", "store", "dev-certs", "demo")
