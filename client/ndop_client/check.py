@@ -23,7 +23,7 @@ from ndop_client.matching import MatchOutcome
 from ndop_client.results import CheckResult, Tally
 from ndop_core.cohort_files import CohortFile, InvalidRows, invalid_rows, read_chunk
 from ndop_core.errors import InputError
-from ndop_core.nhs_number import INVALID, parse_column
+from ndop_core.nhs_number import INVALID, InvalidReason, parse_column
 
 Matcher = Callable[[np.ndarray], MatchOutcome]
 
@@ -88,19 +88,36 @@ def classify(checked: Validated, matcher: Matcher) -> Classified:
     return Classified(values, blank, opted_out, outcome, tally)
 
 
-def validate_column(column: ColumnTexts) -> Validated:
+@dataclass
+class ColumnNumbers:
+    """A caller's column as numbers: each row's value (INVALID where it has none), why each
+    invalid row is invalid, and which valid rows were written as decimals."""
+
+    values: np.ndarray
+    reasons: dict[int, InvalidReason]
+    from_float: np.ndarray
+
+
+def numbers_of(column: ColumnTexts) -> ColumnNumbers:
     parsed = parse_column(column.texts)
     values = parsed.values
     reasons = parsed.reasons
     for position, reason in column.reasons.items():
         values[position] = INVALID
         reasons[position] = reason
-    exports = parsed.float_exports
+    from_float = np.zeros(len(values), dtype=bool)
     if len(column.from_float):
-        exports += int((column.from_float & (values != INVALID)).sum())
+        from_float |= column.from_float
+    from_float[parsed.float_positions] = True
+    return ColumnNumbers(values, reasons, from_float & (values != INVALID))
+
+
+def validate_column(column: ColumnTexts) -> Validated:
+    numbers = numbers_of(column)
+    values = numbers.values
     blank = np.zeros(len(values), dtype=bool)
-    checked = Validated(values, blank, float_exports=exports)
-    checked.invalid.add(invalid_rows(reasons, range(len(values)), blank))
+    checked = Validated(values, blank, float_exports=int(numbers.from_float.sum()))
+    checked.invalid.add(invalid_rows(numbers.reasons, range(len(values)), blank))
     return checked
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,17 @@ from ndop_core.worker_pool import WorkerPool
 
 Mode = Literal["private", "hashed"]
 MODES: tuple[Mode, ...] = ("private", "hashed")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What helpers that run their own check (ndop_client.spark) need from a Client."""
+
+    stub: ndop_pb2_grpc.OptOutRegisterStub
+    metadata: tuple[tuple[str, str], ...]
+    cache_dir: Path
+    stall: StallPolicy
+    errors: Callable[[], AbstractContextManager[None]]
 
 
 class Client:
@@ -150,6 +162,15 @@ class Client:
             check = check_file(cohort, out, matcher, mode, max_invalid_rate=max_invalid_rate)
         check.report = report.save(check, declared, paths)
         return check
+
+    def connection(self) -> Connection:
+        return Connection(
+            self._stub, self._metadata, self._cache_dir, self._watch(), self._rpc_errors
+        )
+
+    def declared_purpose(self, purpose: str | None) -> str:
+        """`purpose`, or the client's, if it is one the service knows; UsageError otherwise."""
+        return self._declared(purpose)
 
     def _declared(self, purpose: str | None) -> str:
         declared = purpose or self.purpose

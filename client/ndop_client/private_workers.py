@@ -30,6 +30,13 @@ def unblind_and_test(
     global _loaded
     if _loaded is None or _loaded[0] != filter_path:
         _loaded = (filter_path, published_filter.BloomFilter(filter_path.read_bytes()))
+    return test_outputs(_loaded[1], canonical_blob, blinds, evaluated)
+
+
+def test_outputs(
+    bloom: published_filter.BloomFilter, canonical_blob: bytes, blinds: bytes, evaluated: bytes
+) -> bytes:
+    """Finalize each evaluated element and test it against `bloom`: one flag byte each."""
     inputs = split(canonical_blob, CANONICAL_SIZE)
     try:
         outputs = oprf.finalize_batch(inputs, split(blinds, oprf.SCALAR_SIZE), evaluated)
@@ -38,4 +45,4 @@ def unblind_and_test(
             "the server answered with an element that is not a valid ristretto255 encoding"
         ) from None
     keys = [published_filter.filter_key(output) for output in outputs]
-    return _loaded[1].contains(keys).astype("u1").tobytes()
+    return bloom.contains(keys).astype("u1").tobytes()

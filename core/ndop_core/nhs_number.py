@@ -124,8 +124,12 @@ class ParsedColumn:
     values: np.ndarray
     """int64, INVALID where the text is not a valid NHS number"""
     reasons: dict[int, InvalidReason]
-    float_exports: int
-    """valid numbers that were written as decimals (`9434765919.0`)"""
+    float_positions: list[int]
+    """positions of valid numbers that were written as decimals (`9434765919.0`)"""
+
+    @property
+    def float_exports(self) -> int:
+        return len(self.float_positions)
 
 
 def parse_column(texts: Sequence[str]) -> ParsedColumn:
@@ -159,14 +163,15 @@ def _parse_all(texts: Sequence[str]) -> ParsedColumn:
         valid = all_digits & (check == digits[:, 9])
         values[ten] = np.where(valid, digits @ _POWERS_OF_TEN, INVALID)
     reasons: dict[int, InvalidReason] = {}
-    exports = 0
+    exports: list[int] = []
     for position in np.flatnonzero(values == INVALID).tolist():
         result = parse(texts[position])
         if isinstance(result, InvalidReason):
             reasons[position] = result
         else:
             values[position] = int(result)
-            exports += is_float_export(texts[position])
+            if is_float_export(texts[position]):
+                exports.append(position)
     return ParsedColumn(values, reasons, exports)
 
 
