@@ -210,7 +210,8 @@ class Accounts:
     def revoke(self, name: str) -> None:
         with self._write() as db:
             changed = db.run(
-                "UPDATE organisations SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                "UPDATE organisations SET revoked_at = ?, previous_token_sha256 = NULL "
+                "WHERE name = ? AND revoked_at IS NULL",
                 (now(), name),
             )
             if changed == 0:
@@ -238,17 +239,53 @@ class Accounts:
         return replace(current, limits=limits)
 
     def authenticate(self, token: str) -> Organisation | None:
-        """The active organisation holding `token`, or None."""
+        """The active organisation holding `token` (or its predecessor, within the grace
+        period of a rotation), or None."""
         presented = _token_hash(token)
         with self._read() as db:
             row = db.one(
                 f"SELECT {_ORG_COLUMNS}, token_sha256 FROM organisations WHERE token_sha256 = ?",
                 (presented,),
             )
+            if row is None:
+                row = db.one(
+                    f"SELECT {_ORG_COLUMNS}, previous_token_sha256 FROM organisations "
+                    "WHERE previous_token_sha256 = ? AND previous_token_until > ?",
+                    (presented, now()),
+                )
         if row is None or not hmac.compare_digest(bytes(row[-1]), presented):
             return None
         organisation = _organisation(row[:-1])
         return None if organisation.revoked_at else organisation
+
+    def rotate_token(self, name: str, grace: timedelta = timedelta(0)) -> str:
+        """A new token for `name`; the old one keeps working for `grace`, then is refused."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        until = (datetime.now(UTC) + grace).isoformat(timespec="milliseconds")
+        with self._write() as db:
+            changed = db.run(
+                "UPDATE organisations SET previous_token_sha256 = CASE WHEN ? THEN token_sha256 "
+                "ELSE NULL END, previous_token_until = ?, token_sha256 = ? "
+                "WHERE name = ? AND revoked_at IS NULL",
+                (grace > timedelta(0), until, _token_hash(token), name),
+            )
+            if changed == 0:
+                raise ConfigurationError(f"no active organisation named {name!r}")
+        return token
+
+    def reinstate(self, name: str) -> str:
+        """Make a revoked organisation active again, with a new token (the old stays dead)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._write() as db:
+            changed = db.run(
+                "UPDATE organisations SET revoked_at = NULL, token_sha256 = ?, "
+                "previous_token_sha256 = NULL, previous_token_until = NULL "
+                "WHERE name = ? AND revoked_at IS NOT NULL",
+                (_token_hash(token), name),
+            )
+            if changed == 0:
+                raise ConfigurationError(f"no revoked organisation named {name!r}")
+        return token
 
     # --- usage ------------------------------------------------------------------------------
 

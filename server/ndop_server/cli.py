@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ndop_core.receipts import key_id
 from ndop_server import allocator, store_admin
 from ndop_server import keys as keyfile
 from ndop_server.cli_access import add_access_commands
@@ -90,7 +91,32 @@ def _keys_commands(commands: Any) -> None:
     init.set_defaults(handler=_keys_init)
     public = keys.add_parser("public", help="print the receipt-signing public key")
     public.add_argument("--keys", type=Path, required=True)
+    public.add_argument(
+        "--all",
+        action="store_true",
+        help="every signing key the register has used, with its id, so old receipts verify",
+    )
     public.set_defaults(handler=_keys_public)
+    rotate = keys.add_parser("rotate", help="replace the signing key, or the register's secrets")
+    rotate.add_argument("--keys", type=Path, required=True)
+    what = rotate.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--signing",
+        action="store_true",
+        help="a new receipt-signing key; the old public key is kept so old receipts verify",
+    )
+    what.add_argument(
+        "--register",
+        action="store_true",
+        help="new salt, store key and OPRF key: re-evaluates SNAPSHOT as a new version",
+    )
+    rotate.add_argument("--store", type=store_location, help="with --register")
+    rotate.add_argument(
+        "--snapshot", type=Path, help="with --register: the current full list of opt-outs"
+    )
+    rotate.add_argument("--workers", type=int, help="processes to use (default: every core)")
+    _log_options(rotate)
+    rotate.set_defaults(handler=_keys_rotate)
 
 
 def _register_commands(commands: Any) -> None:
@@ -196,7 +222,48 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 def _keys_public(args: argparse.Namespace) -> int:
     loaded = keyfile.load(args.keys)
-    print(loaded.signing_public_key.hex())
+    if not args.all:
+        print(loaded.signing_public_key.hex())
+        return 0
+    print(f"{loaded.signing_public_key.hex()}  id {key_id(loaded.signing_public_key)}  current")
+    for retired in reversed(loaded.retired_signing_keys):
+        print(f"{retired.hex()}  id {key_id(retired)}  retired")
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    configure(args.log_format)
+    current = keyfile.load(args.keys)
+    if args.signing:
+        rotated = current.with_new_signing_key()
+        keyfile.save(args.keys, rotated)
+        print(
+            f"new receipt-signing key {key_id(rotated.signing_public_key)}; the old one "
+            f"({key_id(current.signing_public_key)}) is kept for verifying old receipts"
+        )
+        print("restart the servers with the new keys file; publish 'ndop keys public --all'")
+        return 0
+    if args.store is None or args.snapshot is None:
+        raise ConfigurationError("--register needs --store STORE and --snapshot FILE")
+    rotated = current.with_new_register_secrets()
+    # The new keys are on disk before any version depends on them; if publishing fails,
+    # the old file is put back.
+    keyfile.save(args.keys, rotated)
+    try:
+        with Store(args.store) as store:
+            published = Publisher(store, rotated, args.workers).rekey(args.snapshot)
+    except BaseException:
+        keyfile.restore_previous(args.keys)
+        raise
+    print(
+        f"published version {published.record.version} under new keys "
+        f"(OPRF key {rotated.oprf_key_id}): {published.record.count:,} opted out"
+    )
+    print(
+        f"the old keys file is {args.keys}.previous; restart every server with the new one "
+        "(until then they keep serving the last version made with their keys); clients "
+        "fetch the new filter by themselves"
+    )
     return 0
 
 

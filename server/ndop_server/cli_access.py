@@ -6,13 +6,12 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from ndop_server import keys as keyfile
 from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits
-from ndop_server.audit_chain import audit_key
 from ndop_server.audit_view import AuditLine, summarise
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.errors import ConfigurationError
@@ -52,6 +51,26 @@ def add_access_commands(commands: Any) -> None:
     revoke.add_argument("name", metavar="NAME")
     revoke.add_argument("--store", type=store_location, required=True)
     revoke.set_defaults(handler=_org_revoke)
+
+    token = org.add_parser("token", help="issue an organisation a new token")
+    token.add_argument("name", metavar="NAME")
+    token.add_argument("--store", type=store_location, required=True)
+    token.add_argument(
+        "--rotate", action="store_true", required=True, help="replace the token with a new one"
+    )
+    token.add_argument(
+        "--grace-hours",
+        type=float,
+        default=0.0,
+        metavar="HOURS",
+        help="how long the old token keeps working (default 0: refused at once)",
+    )
+    token.set_defaults(handler=_org_token)
+
+    reinstate = org.add_parser("reinstate", help="make a revoked organisation active again")
+    reinstate.add_argument("name", metavar="NAME")
+    reinstate.add_argument("--store", type=store_location, required=True)
+    reinstate.set_defaults(handler=_org_reinstate)
 
     quota = org.add_parser("quota", help="change an organisation's limits (open checks too)")
     quota.add_argument("name", metavar="NAME")
@@ -106,8 +125,7 @@ def _org_add(args: argparse.Namespace) -> int:
         f"{limits.daily_checks:,} checks, {limits.daily_filter_downloads:,} filter downloads; "
         f"rate {limits.rate_per_second:,}/s)"
     )
-    print("its API token, shown this once (store it in a secret manager, pass it as NDOP_TOKEN):")
-    print(token)
+    _print_token(token)
     return 0
 
 
@@ -151,6 +169,34 @@ def _org_revoke(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
         accounts.revoke(args.name)
     print(f"revoked organisation {args.name}; its open checks stop at their next batch")
+    return 0
+
+
+def _print_token(token: str) -> None:
+    print("its API token, shown this once (store it in a secret manager, pass it as NDOP_TOKEN):")
+    print(token)
+
+
+def _org_token(args: argparse.Namespace) -> int:
+    if args.grace_hours < 0:
+        raise ConfigurationError("--grace-hours cannot be negative")
+    with _accounts(args.store) as accounts:
+        token = accounts.rotate_token(args.name, timedelta(hours=args.grace_hours))
+    old = (
+        f"the old token works for {args.grace_hours:g} more hours"
+        if args.grace_hours
+        else "the old token is refused from now on"
+    )
+    print(f"issued {args.name} a new token; {old}")
+    _print_token(token)
+    return 0
+
+
+def _org_reinstate(args: argparse.Namespace) -> int:
+    with _accounts(args.store) as accounts:
+        token = accounts.reinstate(args.name)
+    print(f"reinstated organisation {args.name} with a new token; its old token stays refused")
+    _print_token(token)
     return 0
 
 
@@ -209,7 +255,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     keys = keyfile.load(args.keys)
     with _accounts(args.store) as accounts:
-        report = accounts.verify_audit(audit_key(keys.store_key))
+        report = accounts.verify_audit(keys.audit_key)
     for problem in report.problems:
         print(f"ndop: audit log tampered: {problem}", file=sys.stderr)
     if not report.intact:

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ndop_core.crypto import oprf
 from ndop_core.hashing import SALT_SIZE
+from ndop_server.audit_chain import audit_key
 from ndop_server.errors import ConfigurationError
 
 FORMAT: Final = "ndop-keys/1"
@@ -40,6 +41,11 @@ class RegisterKeys:
     store_key: bytes
     oprf_key: bytes
     signing_seed: bytes
+    retired_signing_keys: tuple[bytes, ...] = ()
+    """Public keys of earlier signing keys, so that receipts they signed still verify."""
+    audit_secret: bytes | None = None
+    """What the audit chain is keyed with once the store key has been rotated (the first
+    store key); until then the store key itself, so the chain outlives every rotation."""
 
     @classmethod
     def generate(cls) -> RegisterKeys:
@@ -58,6 +64,28 @@ class RegisterKeys:
         return hashlib.sha256(oprf.public_key(self.oprf_key)).hexdigest()[:16]
 
     @property
+    def audit_key(self) -> bytes:
+        return audit_key(self.audit_secret or self.store_key)
+
+    def with_new_signing_key(self) -> RegisterKeys:
+        return replace(
+            self,
+            signing_seed=secrets.token_bytes(32),
+            retired_signing_keys=(*self.retired_signing_keys, self.signing_public_key),
+        )
+
+    def with_new_register_secrets(self) -> RegisterKeys:
+        """New salt, store key and OPRF key for the same register; the signing key and the
+        audit chain's key stay."""
+        return replace(
+            self,
+            salt=secrets.token_bytes(SALT_SIZE),
+            store_key=secrets.token_bytes(32),
+            oprf_key=oprf.generate_secret_key(),
+            audit_secret=self.audit_secret or self.store_key,
+        )
+
+    @property
     def signing_key(self) -> Ed25519PrivateKey:
         return Ed25519PrivateKey.from_private_bytes(self.signing_seed)
 
@@ -74,6 +102,8 @@ class RegisterKeys:
             "store_key": _b64(self.store_key),
             "oprf_key": _b64(self.oprf_key),
             "signing_key": _b64(self.signing_seed),
+            "retired_signing_public_keys": [key.hex() for key in self.retired_signing_keys],
+            **({"audit_secret": _b64(self.audit_secret)} if self.audit_secret else {}),
         }
 
     @classmethod
@@ -88,9 +118,41 @@ class RegisterKeys:
                 store_key=base64.b64decode(data["store_key"], validate=True),
                 oprf_key=base64.b64decode(data["oprf_key"], validate=True),
                 signing_seed=base64.b64decode(data["signing_key"], validate=True),
+                retired_signing_keys=tuple(
+                    bytes.fromhex(key) for key in data.get("retired_signing_public_keys", [])
+                ),
+                audit_secret=(
+                    base64.b64decode(data["audit_secret"], validate=True)
+                    if "audit_secret" in data
+                    else None
+                ),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationError("the keys file is missing a field or has a bad value") from exc
+
+
+def save(path: Path, keys: RegisterKeys) -> None:
+    """Replace the keys file with `keys`, atomically and owner-only; the file it replaces is
+    kept beside it as PATH.previous (also owner-only) until the next rotation."""
+    temporary = path.with_name(f".{path.name}.new")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(keys.to_json(), handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.replace(path, path.with_name(f"{path.name}.previous"))
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigurationError(f"cannot write keys file {path}: {exc.strerror}") from exc
+
+
+def restore_previous(path: Path) -> None:
+    """Undo the last `save`: PATH.previous becomes PATH again."""
+    os.replace(path.with_name(f"{path.name}.previous"), path)
 
 
 def write_new(path: Path) -> RegisterKeys:

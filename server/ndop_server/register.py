@@ -113,6 +113,22 @@ class Publisher:
         unchanged = len(numbers.values) - len(new_positions)
         return Published(record, numbers.invalid, numbers.duplicates, unchanged)
 
+    def rekey(self, path: Path) -> Published:
+        """A new version holding exactly the snapshot's numbers, every entry made again with
+        this publisher's keys (after `ndop keys rotate --register`). The store holds no
+        numbers, so it cannot re-key its entries itself: the current snapshot is needed."""
+        numbers = read_numbers(path)
+        tokens = self._tokens(numbers.values)
+        with self._store.preparation() as preparation:
+            withdrawn = {entry for entry, _, _ in preparation.live_entries()}
+            base = preparation.base_version
+        everything = list(range(len(tokens)))
+        change = self._prepare(
+            base, numbers.values, tokens, everything, withdrawn, (bytearray(), bytearray())
+        )
+        record = self._publish(change, "rekey")
+        return Published(record, numbers.invalid, numbers.duplicates, 0)
+
     def apply_changes(self, add: Path | None, remove: Path | None) -> Published:
         if add is None and remove is None:
             raise ConfigurationError("give --add FILE, --remove FILE, or both")

@@ -59,11 +59,14 @@ class RegisterHolder:
         poll_seconds: float = 1.0,
         on_version: Callable[[int], None] | None = None,
         on_reachability: Callable[[bool], None] | None = None,
+        key_id: str | None = None,
     ) -> None:
         self._store = Store(store_location)
         self._poll_seconds = poll_seconds
         self._on_version = on_version
         self._on_reachability = on_reachability
+        self._key_id = key_id
+        self._foreign_warned = 0
         self.reachable = True
         self._lock = threading.Lock()
         self._current: RegisterView | None = None
@@ -90,7 +93,8 @@ class RegisterHolder:
     def refresh(self) -> bool:
         """Load the newest published version if it is not the one held; True if it swapped."""
         with self._lock:
-            record = self._store.latest()
+            record = self._store.latest(self._key_id)
+            self._warn_if_rekeyed(record)
             if record is None or (self._current and self._current.version == record.version):
                 return False
             view = load_view(self._store, record)
@@ -99,6 +103,22 @@ class RegisterHolder:
         if self._on_version is not None:
             self._on_version(record.version)
         return True
+
+    def _warn_if_rekeyed(self, served: VersionRecord | None) -> None:
+        """A newer version made with other keys (after `ndop keys rotate --register`) is not
+        served: this server's keys could not answer for it. Say so once per such version."""
+        if self._key_id is None:
+            return
+        newest = self._store.latest()
+        if newest is None or newest.version <= (served.version if served else 0):
+            return
+        if newest.version != self._foreign_warned:
+            self._foreign_warned = newest.version
+            log.warning(
+                "register.rekeyed_version_not_served",
+                version=newest.version,
+                advice="restart this server with the new keys file",
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="register-watcher", daemon=True)

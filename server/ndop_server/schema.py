@@ -7,7 +7,8 @@ newer than this ndop's, and `ndop store migrate` brings an older one up to date.
 History:
 1. versions, entries, artifacts; organisations with a quota per mode; usage per mode; audit.
 2. one daily budget per organisation across both modes, a rate and daily limits on checks
-   and filter downloads; usage per counter; audit rows hash-chained, with the head kept.
+   and filter downloads; usage per counter; a rotated token's predecessor with its grace
+   period; audit rows hash-chained, with the head kept.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS organisations (
     daily_quota {integer} NOT NULL,
     rate_per_second {integer} NOT NULL,
     daily_checks {integer} NOT NULL,
-    daily_filter_downloads {integer} NOT NULL
+    daily_filter_downloads {integer} NOT NULL,
+    previous_token_sha256 {blob},
+    previous_token_until TEXT
 );
 CREATE TABLE IF NOT EXISTS usage (
     organisation TEXT NOT NULL,
@@ -201,6 +204,8 @@ def _to_version_2(tx: Transaction) -> None:
             tx.run(f"UPDATE organisations SET {name} = {value}")
         tx.run("ALTER TABLE organisations DROP COLUMN hashed_daily_quota")
         tx.run("ALTER TABLE organisations DROP COLUMN private_daily_quota")
+        tx.run("ALTER TABLE organisations ADD COLUMN previous_token_sha256 BLOB")
+        tx.run("ALTER TABLE organisations ADD COLUMN previous_token_until TEXT")
     audit_columns = {row[1] for row in tx.all("PRAGMA table_info(audit)")}
     if audit_columns and "chain" not in audit_columns:
         tx.run("ALTER TABLE audit ADD COLUMN chain BLOB")

@@ -17,7 +17,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
-from ndop_server.audit_chain import audit_key
 from ndop_server.audit_record import ABORTED
 from ndop_server.errors import ConfigurationError
 from ndop_server.keys import RegisterKeys
@@ -164,10 +163,14 @@ def start_server(
 
     _set_health(health_servicer, serving=False)
     holder = RegisterHolder(
-        store, poll_seconds, on_version=update_health, on_reachability=update_health
+        store,
+        poll_seconds,
+        on_version=update_health,
+        on_reachability=update_health,
+        key_id=keys.oprf_key_id,
     )
     update_health()
-    accounts = Accounts(store, audit_key(keys.store_key))
+    accounts = Accounts(store, keys.audit_key)
     safeguards = Safeguards(
         watchdog=IdleWatchdog(limits.idle_timeout),
         streams=StreamLimiter(

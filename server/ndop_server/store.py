@@ -116,9 +116,14 @@ class Store:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def latest(self) -> VersionRecord | None:
+    def latest(self, key_id: str | None = None) -> VersionRecord | None:
+        """The newest version (made with the OPRF key `key_id`, when given)."""
+        where, parameters = ("WHERE key_id = ?", (key_id,)) if key_id else ("", ())
         with self.db.transaction() as tx:
-            row = tx.one(f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY version DESC LIMIT 1")
+            row = tx.one(
+                f"SELECT {_VERSION_COLUMNS} FROM versions {where} ORDER BY version DESC LIMIT 1",
+                parameters,
+            )
         return None if row is None else _record(row)
 
     def latest_number(self) -> int:
