@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-import ndop_client.client as client_module
+import ndop_client.replicas as replicas_module
 from ndop_client import Client, IntegrityError, RequestRejected, Status
 from ndop_client.filter_cache import fetch_filter
 from ndop_client.transport import open_channel as transport_open_channel
@@ -183,7 +183,7 @@ def intercepted(
         def open_channel(*args: Any, **kwargs: Any) -> grpc.Channel:
             return grpc.intercept_channel(original(*args, **kwargs), interceptor)
 
-        monkeypatch.setattr(client_module, "open_channel", open_channel)
+        monkeypatch.setattr(replicas_module, "open_channel", open_channel)
 
     return install
 

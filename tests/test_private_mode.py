@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-import ndop_client.client as client_module
+import ndop_client.replicas as replicas_module
 from ndop_client import Client, IntegrityError, Status
 from ndop_client.transport import open_channel as transport_open_channel
 from ndop_core.nhs_number import check_digit
@@ -129,7 +129,7 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> _CountingInterceptor:
     def open_channel(*args: Any, **kwargs: Any) -> grpc.Channel:
         return grpc.intercept_channel(original(*args, **kwargs), counting)
 
-    monkeypatch.setattr(client_module, "open_channel", open_channel)
+    monkeypatch.setattr(replicas_module, "open_channel", open_channel)
     return counting
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ndop_client import Client
+from ndop_core.errors import UsageError
 from ndop_core.hashing import Hasher
 from ndop_core.nhs_number import canonical_bytes
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
@@ -180,7 +183,7 @@ def test_quotas_are_exact_across_three_replicas(deployment: Deployment) -> None:
                     if response.HasField("batch"):
                         answered += response.batch.count
             except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         return answered
 
     with ThreadPoolExecutor(max_workers=30) as pool:
@@ -239,7 +242,8 @@ def test_a_check_finishes_on_another_replica_when_its_replica_dies(
     assert running.returncode == 0, stderr
     assert "".join(sorted(out.read_text().splitlines(keepends=True))) == expected
     with Accounts(register.location) as accounts:
-        outcomes = [line.outcome for line in summarise(accounts.audit("replicated"))]
+        lines = summarise(accounts.audit("replicated"))
+    outcomes = [line.outcome for line in lines if line.mode == "private"]
     assert outcomes == ["interrupted", "completed"]
 
 
@@ -259,7 +263,7 @@ def test_a_replica_without_its_database_is_not_serving_and_recovers(tmp_path: Pa
                 time.sleep(0.1)
             with pytest.raises(grpc.RpcError) as caught:
                 _info(replica.address, token)
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             own.start()
             deadline = time.monotonic() + 15
             while _health(replica.address) != health_pb2.HealthCheckResponse.SERVING:
@@ -271,3 +275,33 @@ def test_a_replica_without_its_database_is_not_serving_and_recovers(tmp_path: Pa
             replica.stop()
     finally:
         own.close()
+
+
+def test_a_client_skips_an_address_nobody_answers_on(
+    register: Register, server: Any, address: str, token: str, tmp_path: Path
+) -> None:
+    numbers = [f"{int(v):010d}" for v in register.opted_out[:3]]
+    dead = f"127.0.0.1:{_closed_port()}"
+    with Client(
+        f"{dead},{address}",
+        insecure=True,
+        token=token,
+        purpose="research",
+        cache_dir=tmp_path / "cache",
+        timeout=5,
+    ) as client:
+        assert client.info().version == 1
+        for mode in ("hashed", "private", "hashed"):
+            result = client.check(numbers, mode=mode)
+            assert result.opted_out_count == 3
+
+
+def test_a_malformed_address_list_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not HOST:PORT"):
+        Client("127.0.0.1:1,,127.0.0.1:2", insecure=True)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -27,15 +27,17 @@ from ndop_client.matching import MatchOutcome
 from ndop_client.private_mode import PrivateResources, match_private
 from ndop_client.progress import Progress, ProgressChoice, chosen_progress
 from ndop_client.register_info import RegisterInfo
+from ndop_client.replicas import ReplicaSet
 from ndop_client.results import CheckResult
 from ndop_client.stall import DEFAULT_STALL_SECONDS, StallPolicy
-from ndop_client.transport import TlsSettings, open_channel, translate
+from ndop_client.transport import TlsSettings, translate
 from ndop_core.cohort_files import CohortFile
-from ndop_core.errors import AuthenticationFailed, FilterOutdated, UsageError
+from ndop_core.errors import AuthenticationFailed, FilterOutdated, ServerUnavailable, UsageError
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_core.purposes import PURPOSES
 from ndop_core.worker_pool import WorkerPool
 
+Answer = TypeVar("Answer")
 Mode = Literal["private", "hashed"]
 MODES: tuple[Mode, ...] = ("private", "hashed")
 
@@ -94,8 +96,7 @@ class Client:
             client_key=Path(client_key) if client_key else None,
         )
         self._pool: WorkerPool | None = None
-        self._channel = open_channel(server, self._tls)
-        self._stub = ndop_pb2_grpc.OptOutRegisterStub(self._channel)
+        self._replicas = ReplicaSet(server, self._tls)
 
     def __enter__(self) -> Client:
         return self
@@ -103,20 +104,44 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def _stub(self) -> ndop_pb2_grpc.OptOutRegisterStub:
+        return self._replicas.current.stub
+
+    @property
+    def _address(self) -> str:
+        return self._replicas.current.address
+
     def close(self) -> None:
-        self._channel.close()
+        self._replicas.close()
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
     def info(self) -> RegisterInfo:
-        """The register version the server is answering from, and its parameters."""
+        """The register version the server is answering from, and its parameters (from the
+        next replica that answers, when several were given)."""
+        return self._on_any_replica(self._info)
+
+    def _info(self) -> RegisterInfo:
         deadline = min(self.timeout or self.stall_timeout, self.stall_timeout)
         with self._rpc_errors(deadline):
             reply = self._stub.GetRegisterInfo(
                 ndop_pb2.GetRegisterInfoRequest(), metadata=self._metadata, timeout=deadline
             )
         return RegisterInfo.from_proto(reply)
+
+    def _on_any_replica(self, call: Callable[[], Answer]) -> Answer:
+        """`call` on the current replica, then on each other one while they cannot be
+        reached; the last failure if none can."""
+        for attempt in range(len(self._replicas)):
+            try:
+                return call()
+            except ServerUnavailable:
+                if attempt == len(self._replicas) - 1:
+                    raise
+                self._replicas.advance()
+        raise AssertionError("a replica set is never empty")
 
     def check(
         self,
@@ -188,8 +213,18 @@ class Client:
         )
 
         def match(unique_values: np.ndarray) -> MatchOutcome:
+            def on_this_replica() -> MatchOutcome:
+                context.request_id = str(uuid.uuid4())
+                return match_here(unique_values)
+
+            try:
+                return self._on_any_replica(on_this_replica)
+            finally:
+                self._replicas.advance()  # the next check starts on the next replica
+
+        def match_here(unique_values: np.ndarray) -> MatchOutcome:
             context.expected_items = len(unique_values)
-            info = self.info()
+            info = self._info()
             with self._rpc_errors():
                 if mode == "hashed":
                     return match_hashed(
@@ -207,7 +242,7 @@ class Client:
                     # The server moved on while this client held an older filter: once more,
                     # with the filter of the version it serves now, as a new request.
                     context.request_id = str(uuid.uuid4())
-                    return self._match_private(self.info(), unique_values, context, progress)
+                    return self._match_private(self._info(), unique_values, context, progress)
 
         return match
 
@@ -229,7 +264,7 @@ class Client:
         )
 
     def _watch(self) -> StallPolicy:
-        return StallPolicy(self.stall_timeout, self.server)
+        return StallPolicy(self.stall_timeout, self._address)
 
     def _process_pool(self) -> WorkerPool:
         if self._pool is None:
@@ -241,10 +276,10 @@ class Client:
         try:
             yield
         except grpc.RpcError as exc:
-            error = translate(exc, self.server, deadline, self._tls)
+            error = translate(exc, self._address, deadline, self._tls)
             if isinstance(error, AuthenticationFailed) and not self._authenticates:
                 error = AuthenticationFailed(
-                    f"the ndop server at {self.server} needs your organisation's token: set "
+                    f"the ndop server at {self._address} needs your organisation's token: set "
                     "NDOP_TOKEN or pass --token (token= in Python)"
                 )
             raise error from None

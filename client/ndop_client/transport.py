@@ -69,11 +69,13 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
-def open_channel(server: str, tls: TlsSettings) -> grpc.Channel:
+def open_channel(
+    server: str, tls: TlsSettings, options: tuple[tuple[str, str | int], ...] = ()
+) -> grpc.Channel:
     if not server or ":" not in server:
         raise UsageError(f"server address {server!r} is not HOST:PORT")
     if tls.insecure:
-        return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(server, options=CHANNEL_OPTIONS + options)
     root = _read(tls.ca_file, "CA file") if tls.ca_file else None
     cert = _read(tls.client_cert, "client certificate") if tls.client_cert else None
     key = _read(tls.client_key, "client key") if tls.client_key else None
@@ -82,7 +84,7 @@ def open_channel(server: str, tls: TlsSettings) -> grpc.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=cert
     )
-    return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS + options)
 
 
 def translate(
