@@ -188,11 +188,10 @@ def _free_port() -> int:
 def frozen_server(register: Register, token: str, tmp_path: Path) -> Iterator[str]:
     """An `ndop serve` process, stopped with SIGSTOP once it answers."""
     port = _free_port()
+    command: list[str | Path] = [*NDOP, "serve", "--store", register.store_path]
+    command += ["--keys", register.keys_path, "--listen", f"127.0.0.1:{port}", "--insecure"]
     serve = subprocess.Popen(
-        [
-            *(*NDOP, "serve", "--store", register.store_path, "--keys", register.keys_path),
-            *("--listen", f"127.0.0.1:{port}", "--insecure", "--drain-seconds", "1"),
-        ],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -207,11 +206,10 @@ def frozen_server(register: Register, token: str, tmp_path: Path) -> Iterator[st
 
 
 def _answers(address: str, tmp_path: Path) -> bool:
+    command: list[str | Path] = [*NDOP, "check", "-", "--server", address, "--insecure"]
+    command += [*PURPOSE, "--out", "-", "--receipt", tmp_path / "ready.receipt.json"]
     done = subprocess.run(
-        [
-            *(*NDOP, "check", "-", "--server", address, "--insecure", *PURPOSE, "--out", "-"),
-            *("--receipt", tmp_path / "ready.receipt.json", "--mode", "hashed"),
-        ],
+        [*command, "--mode", "hashed"],
         input=b"",
         capture_output=True,
         timeout=60,
@@ -226,11 +224,10 @@ def test_a_frozen_server_ends_the_check_with_one_sentence(
 ) -> None:
     cohort = write_numbers(tmp_path / "c.dat", register.not_opted_out[:10])
     started = time.monotonic()
+    command: list[str | Path] = [*NDOP, "check", cohort, "--server", frozen_server]
+    command += ["--insecure", *PURPOSE, "--out", tmp_path / "out.dat", "--mode", mode]
     done = subprocess.run(
-        [
-            *(*NDOP, "check", cohort, "--server", frozen_server, "--insecure", *PURPOSE),
-            *("--out", tmp_path / "out.dat", "--mode", mode, "--stall-timeout", "3"),
-        ],
+        [*command, "--stall-timeout", "3"],
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
         capture_output=True,
         text=True,

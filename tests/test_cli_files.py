@@ -15,8 +15,9 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def ndop(
     *args: str | Path,
     stdin: bytes | None = None,
     timeout: float = 120,
-    preexec: object = None,
+    preexec: Callable[[], object] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "XDG_CACHE_HOME": str(cwd / "cache")}
     return subprocess.run(
@@ -47,15 +48,15 @@ def ndop(
         env=env,
         timeout=timeout,
         check=False,
-        preexec_fn=preexec,  # type: ignore[arg-type]
+        preexec_fn=preexec,
     )
 
 
 def check(
-    cwd: Path, address: str, cohort: str | Path, out: str | Path, *extra: str | Path, **kw: object
+    cwd: Path, address: str, cohort: str | Path, out: str | Path, *extra: str | Path, **kw: Any
 ) -> subprocess.CompletedProcess[bytes]:
     args = ["check", cohort, "--server", address, "--insecure", "--out", out, *PURPOSE, *extra]
-    return ndop(cwd, *args, **kw)  # type: ignore[arg-type]
+    return ndop(cwd, *args, **kw)
 
 
 def one_sentence(stderr: bytes) -> str:
@@ -377,20 +378,13 @@ def test_200_mb_of_junk_lines_take_bounded_memory_and_a_bounded_report(
         block = line * 10_000
         for _ in range(200):
             handle.write(block)
+    command: list[str | Path] = [*NDOP, "check", junk, "--server", address, "--insecure"]
+    command += [*PURPOSE, "--mode", "hashed", "--out", tmp_path / "out.txt"]
+    command += ["--report", tmp_path / "r.json"]
     started = time.monotonic()
     with open(tmp_path / "stderr.txt", "wb") as errors:
         probe = subprocess.Popen(
-            [
-                *(*NDOP, "check", junk, "--server", address, "--insecure", *PURPOSE),
-                *(
-                    "--mode",
-                    "hashed",
-                    "--out",
-                    tmp_path / "out.txt",
-                    "--report",
-                    tmp_path / "r.json",
-                ),
-            ],
+            command,
             cwd=tmp_path,
             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
             stdout=subprocess.DEVNULL,
@@ -416,7 +410,7 @@ def test_200_mb_of_junk_lines_take_bounded_memory_and_a_bounded_report(
 # process cannot run with less room than that; the limits below leave it room.
 
 
-def _files_up_to(limit: int) -> object:
+def _files_up_to(limit: int) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
