@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ndop_core import settings
 from ndop_core.receipts import key_id
 from ndop_server import allocator, store_admin
 from ndop_server import keys as keyfile
@@ -15,7 +16,7 @@ from ndop_server.errors import ConfigurationError
 from ndop_server.locations import printable_location, store_location
 from ndop_server.logs import configure
 from ndop_server.register import Published, Publisher
-from ndop_server.server import ServerTls, ServingLimits, serve_until_signalled, start_server
+from ndop_server.server import ServerTls, ServingLimits, serve_until, start_server, stop_signals
 from ndop_server.store import Store
 
 
@@ -23,12 +24,13 @@ def register_commands(commands: Any) -> None:
     _keys_commands(commands)
     _register_commands(commands)
     _store_commands(commands)
-    _serve_command(commands)
+    serve = _serve_command(commands)
     add_access_commands(commands)
     demo = commands.add_parser("demo", help="the whole loop on synthetic 999-range data")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where files go")
     demo.add_argument("--mode", choices=("private", "hashed", "both"), default="both")
     demo.set_defaults(handler=_demo)
+    settings.environment_defaults(serve)
 
 
 def _store_commands(commands: Any) -> None:
@@ -80,6 +82,9 @@ def _store_migrate(args: argparse.Namespace) -> int:
 
 def _log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
+    )
 
 
 def _keys_commands(commands: Any) -> None:
@@ -146,11 +151,17 @@ def _register_commands(commands: Any) -> None:
     info.set_defaults(handler=_register_info)
 
 
-def _serve_command(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--store", type=store_location, required=True)
-    serve.add_argument("--keys", type=Path, required=True)
-    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
+def _serve_command(commands: Any) -> argparse.ArgumentParser:
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Every option can also come from NDOP_<OPTION> in the environment or from "
+        "a TOML file given with --config (command line, then environment, then file).",
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE", help="settings in TOML")
+    serve.add_argument("--store", type=store_location, help="SQLite path or postgresql:// URL")
+    serve.add_argument("--keys", type=Path)
+    serve.add_argument("--listen", metavar="HOST:PORT")
     serve.add_argument(
         "--insecure", action="store_true", help="plaintext, on loopback only; local development"
     )
@@ -209,8 +220,20 @@ def _serve_command(commands: Any) -> None:
         metavar="N",
         help=f"worker threads (default {defaults.max_workers})",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics) and the status page (/status) over HTTP "
+        "here; loopback only unless --metrics-any-address",
+    )
+    serve.add_argument(
+        "--metrics-any-address",
+        action="store_true",
+        help="let --metrics-listen use an address that is not loopback (no TLS, no login)",
+    )
     _log_options(serve)
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_serve, settings_parser=serve)
+    return serve  # type: ignore[no-any-return]
 
 
 def _keys_init(args: argparse.Namespace) -> int:
@@ -232,7 +255,7 @@ def _keys_public(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    configure(args.log_format)
+    configure(args.log_format, args.log_level)
     current = keyfile.load(args.keys)
     if args.signing:
         rotated = current.with_new_signing_key()
@@ -284,7 +307,7 @@ def _print_published(published: Published) -> None:
 
 
 def _register_load(args: argparse.Namespace) -> int:
-    configure(args.log_format)
+    configure(args.log_format, args.log_level)
     loaded = keyfile.load(args.keys)
     with Store(args.store, create=True) as store:
         published = Publisher(store, loaded, args.workers).load_snapshot(args.snapshot)
@@ -293,7 +316,7 @@ def _register_load(args: argparse.Namespace) -> int:
 
 
 def _register_apply(args: argparse.Namespace) -> int:
-    configure(args.log_format)
+    configure(args.log_format, args.log_level)
     loaded = keyfile.load(args.keys)
     with Store(args.store) as store:
         published = Publisher(store, loaded, args.workers).apply_changes(args.add, args.remove)
@@ -343,7 +366,10 @@ def _register_info(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    configure(args.log_format)
+    if args.config is not None:
+        settings.apply_file(args, args.settings_parser, args.config)
+    settings.missing_required(args, ("store", "keys", "listen"))
+    configure(args.log_format, args.log_level)
     allocator.limit_growth()
     loaded = keyfile.load(args.keys)
     tls = None
@@ -361,6 +387,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigurationError("client certificates need TLS: give --tls-cert and --tls-key")
     if args.insecure_any_address and not args.insecure:
         raise ConfigurationError("--insecure-any-address only goes with --insecure")
+    if args.metrics_any_address and not args.metrics_listen:
+        raise ConfigurationError("--metrics-any-address only goes with --metrics-listen")
+    stopping = stop_signals()
     running = start_server(
         args.store,
         loaded,
@@ -375,8 +404,10 @@ def _serve(args: argparse.Namespace) -> int:
             max_workers=args.max_workers,
         ),
         allow_insecure_non_loopback=args.insecure_any_address,
+        metrics_listen=args.metrics_listen,
+        allow_metrics_non_loopback=args.metrics_any_address,
     )
-    serve_until_signalled(running)
+    serve_until(running, stopping)
     return 0
 
 

@@ -23,9 +23,12 @@ from ndop_server.keys import RegisterKeys
 from ndop_server.limits import StreamLimiter
 from ndop_server.listen import bind_problem, format_listen, is_loopback, parse_listen
 from ndop_server.locations import StoreLocation
+from ndop_server.metrics import ServerMetrics
+from ndop_server.monitoring import MonitoringEndpoint, metrics_address
 from ndop_server.reflection import enable_reflection
 from ndop_server.register_view import RegisterHolder
 from ndop_server.service import OptOutRegisterService, Safeguards
+from ndop_server.status_source import StatusSource
 from ndop_server.watchdog import IdleWatchdog
 
 SERVICE_NAME: Final = ndop_pb2.DESCRIPTOR.services_by_name["OptOutRegister"].full_name
@@ -110,6 +113,12 @@ class RunningServer:
     safeguards: Safeguards
     limits: ServingLimits
     client_cert_port: int | None = None
+    monitoring: MonitoringEndpoint | None = None
+    """The HTTP server of /metrics and /status (`metrics_listen`), if any."""
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.monitoring is None else self.monitoring.port
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let checks in flight run for `grace` seconds (the limits' drain
@@ -122,6 +131,8 @@ class RunningServer:
         for session in open_checks.wait_closed(timeout=10.0):
             session.end(ABORTED)
         self.safeguards.watchdog.stop()
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.holder.stop()
         self.accounts.close()
 
@@ -136,9 +147,13 @@ def start_server(
     poll_seconds: float = 1.0,
     limits: ServingLimits | None = None,
     allow_insecure_non_loopback: bool = False,
+    metrics_listen: str | None = None,
+    allow_metrics_non_loopback: bool = False,
 ) -> RunningServer:
     """Serve the store on `listen` (HOST:PORT). Plaintext (`insecure`, no `tls`) is refused
-    on any address but loopback unless `allow_insecure_non_loopback`."""
+    on any address but loopback unless `allow_insecure_non_loopback`. With `metrics_listen`,
+    Prometheus metrics (/metrics) and the status page (/status) are served over HTTP there,
+    on loopback only unless `allow_metrics_non_loopback`."""
     limits = limits or ServingLimits()
     limits.check()
     address = parse_listen(listen)
@@ -151,6 +166,12 @@ def start_server(
             addresses.append(parse_listen(tls.client_cert_listen))
     for each in addresses:
         _check_bindable(each)
+    monitor_at = (
+        None
+        if metrics_listen is None
+        else metrics_address(metrics_listen, any_address=allow_metrics_non_loopback)
+    )
+    metrics = ServerMetrics()
     credentials = None if tls is None else _credentials(tls, require=tls.require_client_cert)
     health_servicer = health.HealthServicer()
     holder: RegisterHolder | None = None
@@ -170,7 +191,9 @@ def start_server(
         key_id=keys.oprf_key_id,
     )
     update_health()
+    metrics.watch_register(holder)
     accounts = Accounts(store, keys.audit_key)
+    monitoring: MonitoringEndpoint | None = None
     safeguards = Safeguards(
         watchdog=IdleWatchdog(limits.idle_timeout),
         streams=StreamLimiter(
@@ -193,9 +216,10 @@ def start_server(
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=limits.max_workers * 4,
+            interceptors=[metrics.interceptor(SERVICE_NAME)],
         )
         ndop_pb2_grpc.add_OptOutRegisterServicer_to_server(
-            OptOutRegisterService(holder, keys, accounts, safeguards), server
+            OptOutRegisterService(holder, keys, accounts, safeguards, metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
@@ -203,11 +227,16 @@ def start_server(
         client_cert_port = None
         if tls is not None and len(addresses) > 1:
             client_cert_port = _bind(server, addresses[1], _credentials(tls, require=True))
+        if monitor_at is not None:
+            status = StatusSource(store, accounts, holder, metrics, keys.audit_key)
+            monitoring = MonitoringEndpoint(monitor_at, metrics, status)
     except BaseException:
         holder.stop()
         accounts.close()
         raise
     server.start()
+    if monitoring is not None:
+        monitoring.start()
     holder.start()
     safeguards.watchdog.start()
     if tls is None and not is_loopback(address[0]):
@@ -220,9 +249,18 @@ def start_server(
         client_cert_port=client_cert_port,
         tls="off" if tls is None else tls.mode,
         register_version=current.version if current else 0,
+        metrics_port=None if monitoring is None else monitoring.port,
     )
     return RunningServer(
-        server, port, holder, accounts, health_servicer, safeguards, limits, client_cert_port
+        server,
+        port,
+        holder,
+        accounts,
+        health_servicer,
+        safeguards,
+        limits,
+        client_cert_port,
+        monitoring,
     )
 
 
@@ -290,16 +328,32 @@ def _credentials(tls: ServerTls, *, require: bool) -> grpc.ServerCredentials:
     )
 
 
-def serve_until_signalled(running: RunningServer) -> None:
-    """Block until SIGTERM or SIGINT, then drain in-flight calls and stop."""
-    stopping = threading.Event()
+@dataclass
+class StopSignal:
+    """Set by SIGTERM or SIGINT. The handler only records: it runs on the main thread at any
+    moment, perhaps while that thread holds the log's lock, so it must not log itself."""
+
+    event: threading.Event
+    name: str = ""
+
+
+def stop_signals() -> StopSignal:
+    """Install the handlers before starting, so that a signal that arrives while the server
+    starts still drains it rather than killing the process."""
+    stop = StopSignal(threading.Event())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("server.stopping", signal=signal.Signals(signum).name)
-        stopping.set()
+        stop.name = signal.Signals(signum).name
+        stop.event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
+    return stop
+
+
+def serve_until(running: RunningServer, stop: StopSignal) -> None:
+    """Block until a stop signal, then drain in-flight calls and stop."""
+    stop.event.wait()
+    log.info("server.stopping", signal=stop.name)
     running.stop()
     log.info("server.stopped")

@@ -1,0 +1,137 @@
+"""Settings from the environment and a TOML file: `ndop serve` starts from either, the command
+line wins over the environment and the environment over the file, and mistakes are one
+sentence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ndop_core import settings
+from ndop_core.errors import UsageError
+from tests.conftest import Register
+
+NDOP = [sys.executable, "-m", "ndop_client"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--listen")
+    parser.add_argument("--poll-seconds", type=float, default=1.0)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--mode", choices=("private", "hashed"), default="private")
+    return parser
+
+
+def test_the_environment_gives_defaults_the_command_line_overrides() -> None:
+    parser = _parser()
+    settings.environment_defaults(
+        parser,
+        {"NDOP_LISTEN": "127.0.0.1:9", "NDOP_POLL_SECONDS": "0.5", "NDOP_INSECURE": "yes"},
+    )
+    args = parser.parse_args([])
+    assert (args.listen, args.poll_seconds, args.insecure) == ("127.0.0.1:9", 0.5, True)
+    assert parser.parse_args(["--listen", "127.0.0.1:7"]).listen == "127.0.0.1:7"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("NDOP_POLL_SECONDS", "soon", "NDOP_POLL_SECONDS is not a valid poll seconds"),
+        ("NDOP_INSECURE", "perhaps", "NDOP_INSECURE must be true or false"),
+        ("NDOP_MODE", "secret", "NDOP_MODE must be one of: private, hashed"),
+    ],
+)
+def test_a_bad_environment_value_is_one_sentence(name: str, value: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        settings.environment_defaults(_parser(), {name: value})
+
+
+def test_a_file_fills_what_neither_the_command_line_nor_the_environment_gave(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "ndop.toml"
+    config.write_text('listen = "0.0.0.0:8443"\npoll-seconds = 2.5\nmode = "hashed"\n')
+    parser = _parser()
+    settings.environment_defaults(parser, {})
+    args = parser.parse_args(["--mode", "private"])
+    settings.apply_file(args, parser, config, {"NDOP_POLL_SECONDS": "0.5"})
+    assert (args.listen, args.poll_seconds, args.mode) == ("0.0.0.0:8443", 1.0, "private")
+    config.write_text('lisen = "0.0.0.0:8443"\n')
+    with pytest.raises(UsageError, match="names an unknown setting 'lisen'"):
+        settings.apply_file(parser.parse_args([]), parser, config, {})
+    config.write_text("listen = \n")
+    with pytest.raises(UsageError, match="is not valid TOML"):
+        settings.apply_file(parser.parse_args([]), parser, config, {})
+
+
+def _started(process: subprocess.Popen[str]) -> dict[str, object]:
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        event = json.loads(line)
+        if event["event"] == "server.started":
+            return dict(event)
+    raise AssertionError("ndop serve did not start")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+def test_serve_starts_from_the_environment_alone(register: Register) -> None:
+    environment = {
+        **os.environ,
+        "NDOP_STORE": register.location,
+        "NDOP_KEYS": str(register.keys_path),
+        "NDOP_LISTEN": "127.0.0.1:0",
+        "NDOP_INSECURE": "1",
+        "NDOP_LOG_FORMAT": "json",
+        "NDOP_IDLE_TIMEOUT": "7",
+    }
+    process = subprocess.Popen([*NDOP, "serve"], env=environment, stderr=subprocess.PIPE, text=True)
+    try:
+        started = _started(process)
+        assert started["tls"] == "off" and started["register_version"] == 1
+    finally:
+        _stop(process)
+
+
+def test_serve_starts_from_a_settings_file(register: Register, tmp_path: Path) -> None:
+    config = tmp_path / "ndop.toml"
+    config.write_text(
+        f'store = "{register.location}"\nkeys = "{register.keys_path}"\n'
+        'listen = "127.0.0.1:0"\ninsecure = true\nlog-format = "json"\n'
+    )
+    process = subprocess.Popen(
+        [*NDOP, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert _started(process)["register_version"] == 1
+    finally:
+        _stop(process)
+
+
+def test_serve_without_a_store_says_every_way_to_give_one(register: Register) -> None:
+    done = subprocess.run(
+        [*NDOP, "serve", "--keys", str(register.keys_path), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("NDOP_")},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "ndop: give --store (or NDOP_STORE, or store in --config)"
