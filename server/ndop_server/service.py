@@ -7,6 +7,7 @@ broken; nothing a client sends can stop the server or reach a log.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from ndop_server.errors import StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.limits import EventBudget, RateLimiter, StreamLimiter, TooBusy
 from ndop_server.matching import MAX_BATCH_ITEMS, BatchRejected, Evaluator, HashedMatcher
+from ndop_server.metrics import ServerMetrics
 from ndop_server.receipts import ReceiptSigner
 from ndop_server.register_view import RegisterHolder, RegisterView
 from ndop_server.sessions import CheckRefused, CheckSession, OpenChecks, Served, VersionNotHeld
@@ -99,8 +101,10 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         keys: RegisterKeys,
         accounts: Accounts,
         safeguards: Safeguards,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._holder = holder
+        self._metrics = metrics or ServerMetrics()
         self._keys = keys
         self._accounts = accounts
         self._guards = safeguards
@@ -119,6 +123,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             _abort(context, exc.code, str(exc))
         except StoreError as exc:
             log.warning("store.unavailable", call=call, reason=str(exc))
+            self._metrics.store_error(call)
             _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
 
     def _authentication_failed(
@@ -126,6 +131,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
     ) -> None:
         """Log and audit a refused credential (never the credential), at most a few times a
         minute per peer address so that a flood cannot flood the log."""
+        self._metrics.authentication_failed(call)
         peer = _peer_address(context.peer())
         if not self._guards.auth_failures.allow(peer):
             return
@@ -187,12 +193,16 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             outcome = CANCELLED
             stack.callback(self._log_audit_head)
             stack.callback(lambda: session.end(outcome))
+            observed = self._metrics.check_opened(mode)
+            stack.callback(lambda: observed.closed(outcome))
             try:
                 for position, request in enumerate(watch.requests(requests)):
                     if position == 0:
                         session.begin(request.context, pin(request.context))
+                    started = time.perf_counter()
                     response = answer(request, session)
                     if response is not None:
+                        observed.batch(session.items, time.perf_counter() - started)
                         watch.wait_on_client()
                         yield response
                         watch.client_moved()
@@ -218,6 +228,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 outcome = code.name.lower().replace("_", "-")
                 if isinstance(exc, StoreError):
                     log.warning("store.unavailable", call="check", reason=str(exc))
+                    self._metrics.store_error("check")
                     exc = StoreError(STORE_UNAVAILABLE)
                 self._refuse(context, session, code, exc)
             except grpc.RpcError:
@@ -360,6 +371,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             _abort(context, _status_of(exc), str(exc))
         except StoreError as exc:
             log.warning("store.unavailable", call="filter", reason=str(exc))
+            self._metrics.store_error("filter")
             _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
         log.info("filter.download", organisation=organisation.name, version=view.version)
         return self._filter_chunks(context, view)
