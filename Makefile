@@ -19,6 +19,7 @@ test: lint unit
 
 unit: $(STAMP)
 	scripts/ensure-postgres.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
