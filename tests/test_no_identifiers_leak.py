@@ -9,9 +9,10 @@ blinded elements (wrong lengths, the identity, non-canonical encodings, oversize
 purposes, over quota).
 
 Searched: every server log line, every client stdout and stderr, every error reply's details,
-the reports, the receipts and the audit log. Forbidden: every register and cohort number
-(canonical, spaced, hyphenated), every digest, blinded element, evaluated element and OPRF
-output (hex either case, base64 at any alignment, raw bytes), and the organisations' tokens.
+the reports, the receipts, the audit log, the Prometheus metrics and the status page.
+Forbidden: every register and cohort number (canonical, spaced, hyphenated), every digest,
+blinded element, evaluated element and OPRF output (hex either case, base64 at any alignment,
+raw bytes), and the organisations' tokens.
 A self-check proves the search finds what it looks for.
 
 Only synthetic 999-range numbers are used.
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,6 +424,7 @@ def evidence(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
 
     port = free_port()
     address = f"127.0.0.1:{port}"
+    monitoring = f"http://127.0.0.1:{free_port()}"
     log_path = root / "serve.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
@@ -435,6 +438,8 @@ def evidence(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
                 "--listen",
                 address,
                 "--insecure",
+                "--metrics-listen",
+                monitoring.removeprefix("http://"),
                 "--log-format",
                 "json",
             ],
@@ -549,6 +554,9 @@ def evidence(tmp_path_factory: pytest.TempPathFactory) -> Evidence:
             evidence.files["audit json"] = audit_json.stdout.encode()
             record("register info", session.run("register", "info", "--store", store))
             record("org list", session.run("org", "list", "--store", store, "--json"))
+            for page in ("metrics", "status"):
+                with urllib.request.urlopen(f"{monitoring}/{page}", timeout=TIMEOUT) as reply:
+                    evidence.files[f"{page} page"] = reply.read()
         finally:
             _stop(server)
     evidence.exit_codes["serve"] = server.returncode
@@ -673,6 +681,18 @@ def test_error_replies_hold_no_identifier(evidence: Evidence) -> None:
 
 def test_reports_receipts_and_audit_hold_no_identifier(evidence: Evidence) -> None:
     _assert_clean(evidence.forbidden, evidence.files)
+
+
+def test_metrics_and_status_page_hold_no_identifier(evidence: Evidence) -> None:
+    """Scraped after the whole session: they count what happened, and name nothing."""
+    metrics = evidence.files["metrics page"].decode()
+    assert 'ndop_checks_total{mode="hashed",outcome="completed"}' in metrics
+    assert 'code="UNAUTHENTICATED"' in metrics
+    assert "Audit chain intact" in evidence.files["status page"].decode()
+    _assert_clean(
+        evidence.forbidden,
+        {name: evidence.files[name] for name in ("metrics page", "status page")},
+    )
 
 
 def test_reports_hold_line_numbers_not_numbers(evidence: Evidence) -> None:
