@@ -309,8 +309,15 @@ def _print_published(published: Published) -> None:
 def _register_load(args: argparse.Namespace) -> int:
     configure(args.log_format, args.log_level)
     loaded = keyfile.load(args.keys)
-    with Store(args.store, create=True) as store:
-        published = Publisher(store, loaded, args.workers).load_snapshot(args.snapshot)
+    new_file = isinstance(args.store, Path) and not args.store.exists()
+    try:
+        with Store(args.store, create=True) as store:
+            published = Publisher(store, loaded, args.workers).load_snapshot(args.snapshot)
+    except BaseException:
+        if new_file:  # a first load that failed leaves no store behind, not an empty one
+            for leftover in (args.store, *(Path(f"{args.store}{s}") for s in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+        raise
     _print_published(published)
     return 0
 

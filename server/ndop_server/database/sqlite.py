@@ -45,6 +45,16 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _store_error(error: sqlite3.Error, path: Path) -> StoreError:
+    name = getattr(error, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+        return StoreError(
+            f"cannot write the register store {path}: the disk is full or cannot be written; "
+            "nothing was changed"
+        )
+    return StoreError(f"the register store refused an operation: {error}")
+
+
 class _SqliteTransaction(Transaction):
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -118,7 +128,7 @@ class SqliteDatabase(Database):
                 raise DuplicateKey(str(exc)) from exc
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StoreError(f"the register store refused an operation: {exc}") from exc
+                raise _store_error(exc, self.path) from exc
             except BaseException:
                 self._rollback()
                 raise
