@@ -225,3 +225,24 @@ def test_status_output_labels_every_row(world: World, spark: SparkSession) -> No
         9: "opted_out",
     }
     assert labelled.counts["duplicates"] == 1
+
+
+def test_the_sdk_runs_inside_a_spark_executor(world: World, spark: SparkSession) -> None:
+    """A Client made in an executor (a process Spark's daemon forked, no __main__ guard in
+    sight) checks in private mode with its own worker process."""
+    address, token = world.address, world.tokens["other-org"]
+    cache = str(world.root / "executor-cache")
+    opted = [f"{v:010d}" for v in world.register.opted_out[100:103].tolist()]
+    kept = [f"{v:010d}" for v in world.register.not_opted_out[100:104].tolist()]
+
+    def check_partition(rows: Iterator[str]) -> Iterator[tuple[int, int]]:
+        import ndop_client
+
+        with ndop_client.Client(
+            address, insecure=True, token=token, purpose="research", cache_dir=cache, workers=1
+        ) as client:
+            result = client.check(list(rows), mode="private", progress=False)
+        yield result.tally.opted_out_rows, result.tally.cleared
+
+    answers = spark.sparkContext.parallelize([*opted, *kept], 1).mapPartitions(check_partition)
+    assert answers.collect() == [(3, 4)]
