@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,7 @@ def test_the_sdk_runs_inside_a_spark_executor(world: World, spark: SparkSession)
     opted = [f"{v:010d}" for v in world.register.opted_out[100:103].tolist()]
     kept = [f"{v:010d}" for v in world.register.not_opted_out[100:104].tolist()]
 
-    def check_partition(rows: Iterator[str]) -> Iterator[tuple[int, int]]:
+    def check_partition(rows: Iterable[str]) -> Iterator[tuple[int, int]]:
         import ndop_client
 
         with ndop_client.Client(
