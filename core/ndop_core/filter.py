@@ -140,23 +140,38 @@ class KeyHasher:
         self.params = params
         self.hash_name = name
         self.chunk = chunk_bytes(params.bits_per_slice)
-        self._salts = _salts(getattr(hashlib, name), params.num_slices, self.chunk)
+        self._new = getattr(hashlib, name)
+        self._salts = _salts(self._new, params.num_slices, self.chunk)
 
     @cached_property
     def _slice_offsets(self) -> np.ndarray:
         slices = np.arange(self.params.num_slices, dtype=np.uint64)
         return slices * np.uint64(self.params.bits_per_slice)
 
+    def slice_values(self, keys: Sequence[bytes]) -> np.ndarray:
+        """v_j of every key: one row per key, one column per slice, each below bits_per_slice,
+        as unsigned integers of the chunk width (2, 4 or 8 bytes)."""
+        k = self.params.num_slices
+        if not keys:
+            return np.empty((0, k), dtype=f"<u{self.chunk}")
+        new, salts = self._new, self._salts
+        # H(salt_i || key): the salt is a whole digest, hashed together with the key.
+        if len(salts) == 1:
+            (s0,) = salts
+            digests = b"".join([new(s0 + key).digest() for key in keys])
+        elif len(salts) == 2:
+            s0, s1 = salts
+            digests = b"".join([new(s0 + key).digest() + new(s1 + key).digest() for key in keys])
+        else:
+            digests = b"".join([new(salt + key).digest() for key in keys for salt in salts])
+        chunks = np.frombuffer(digests, dtype=f"<u{self.chunk}").reshape(len(keys), -1)[:, :k]
+        # In the chunk's own width: 64-bit modulo is several times slower than 16 or 32-bit.
+        values: np.ndarray = chunks % chunks.dtype.type(self.params.bits_per_slice)
+        return values
+
     def positions(self, keys: Sequence[bytes]) -> np.ndarray:
         """Bit indices in the whole array, one row per key and one column per slice."""
-        if not keys:
-            return np.empty((0, self.params.num_slices), dtype=np.uint64)
-        salts = self._salts
-        digests = b"".join(salt_hash.digest() for key in keys for salt_hash in _keyed(salts, key))
-        chunks = np.frombuffer(digests, dtype=f"<u{self.chunk}").reshape(len(keys), -1)
-        slices = chunks[:, : self.params.num_slices].astype(np.uint64)
-        positions: np.ndarray = slices % np.uint64(self.params.bits_per_slice)
-        offsets: np.ndarray = positions + self._slice_offsets
+        offsets: np.ndarray = self.slice_values(keys).astype(np.uint64) + self._slice_offsets
         return offsets
 
 
@@ -187,18 +202,8 @@ class BloomFilter:
 
 def _salts(
     hash_constructor: Callable[..., hashlib._Hash], num_slices: int, chunk: int
-) -> list[hashlib._Hash]:
+) -> list[bytes]:
+    """salt_i = H(uint32_le(i)), as many as the slices need."""
     per_digest = hash_constructor().digest_size // chunk
     needed = -(-num_slices // per_digest)
-    return [
-        hash_constructor(hash_constructor(struct.pack("<I", i)).digest()) for i in range(needed)
-    ]
-
-
-def _keyed(salts: list[hashlib._Hash], key: bytes) -> list[hashlib._Hash]:
-    keyed = []
-    for salt in salts:
-        h = salt.copy()
-        h.update(key)
-        keyed.append(h)
-    return keyed
+    return [hash_constructor(struct.pack("<I", i)).digest() for i in range(needed)]

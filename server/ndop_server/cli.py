@@ -292,10 +292,16 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 
 def _print_published(published: Published) -> None:
     record = published.record
-    print(
-        f"published register version {record.version}: {record.count:,} opted out "
-        f"(+{record.added:,} -{record.removed:,}, {published.unchanged:,} unchanged)"
-    )
+    if not published.published:
+        print(
+            f"nothing changed ({published.unchanged:,} unchanged): no version published, "
+            f"register version {record.version} stays current with {record.count:,} opted out"
+        )
+    else:
+        print(
+            f"published register version {record.version}: {record.count:,} opted out "
+            f"(+{record.added:,} -{record.removed:,}, {published.unchanged:,} unchanged)"
+        )
     if published.duplicates:
         print(f"{published.duplicates:,} duplicate rows ignored")
     if published.invalid:

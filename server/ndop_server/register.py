@@ -3,10 +3,16 @@
 For every opted-out number y the store keeps two keyed values and nothing else:
 - its token: the client's hashed-mode digest keyed with the store key (see tokens.py);
 - its filter key: the first 32 bytes of the OPRF output F_k(y) (see ndop_core.filter).
-Each version publishes two artifacts built from its members: the sorted 64-bit index the
-server answers hashed mode from, and the Bloom filter private-mode clients download.
+Each version publishes artifacts built from its members: the sorted 64-bit index the server
+answers hashed mode from, the Bloom filter private-mode clients download, how many members set
+each of the filter's bits, and, when the filter keeps its predecessor's slices, the filter as a
+delta from the predecessor's (see version_build).
 
-The slow work (OPRF evaluations, the filter) is prepared from a read snapshot; the new version
+A version is derived from the one before it whenever it can be: only the numbers that enter the
+register are evaluated and only the entries that change are hashed, so a daily change set takes
+seconds whatever the register's size. A change set that changes nothing publishes nothing.
+
+The slow work (OPRF evaluations, the artifacts) is prepared from a read snapshot; the new version
 is then written in one short transaction, so a crash at any point leaves the previous version
 as it was, and a version published meanwhile by someone else makes this one refuse, not merge.
 """
@@ -15,7 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,20 +35,29 @@ import structlog
 
 from ndop_core import filter as published_filter
 from ndop_core.cohort_files import CohortFile, InvalidRow, parse_chunk
-from ndop_core.crypto import oprf
-from ndop_core.hashing import CANONICAL_SIZE, DIGEST_SIZE, Hasher
+from ndop_core.hashing import DIGEST_SIZE, Hasher
 from ndop_core.nhs_number import INVALID, canonical_bytes, distinct
 from ndop_core.packing import split
 from ndop_core.worker_pool import WorkerPool
-from ndop_server import filter_builder
-from ndop_server.errors import ConfigurationError
+from ndop_server import filter_builder, register_work, version_build
+from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
-from ndop_server.store import Store, VersionRecord
-from ndop_server.tokens import TOKEN_SIZE, Tokenizer, index_keys
+from ndop_server.store import (
+    COUNTS_ARTIFACT,
+    DELTA_ARTIFACT,
+    FILTER_ARTIFACT,
+    INDEX_ARTIFACT,
+    Preparation,
+    Store,
+    VersionRecord,
+)
+from ndop_server.tokens import TOKEN_SIZE, Tokenizer
 
-INDEX_ARTIFACT: Final = "index"
-FILTER_ARTIFACT: Final = "filter"
+__all__ = ["FILTER_ARTIFACT", "INDEX_ARTIFACT", "Published", "Publisher", "read_numbers"]
+
 _WORK_ITEMS: Final = 4096
+_HASH_ITEMS: Final = 65536
+STAGES: Final = ("reading", "evaluating", "index", "filter", "writing")
 
 log = structlog.get_logger("ndop.register")
 
@@ -55,10 +73,16 @@ class NumberFile:
 
 @dataclass
 class Published:
+    """What a load or change set did. `record` is the version published, or, when `published`
+    is False because nothing changed, the version that stays current."""
+
     record: VersionRecord
     invalid: list[InvalidRow]
     duplicates: int
     unchanged: int
+    published: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each of STAGES."""
 
 
 def read_numbers(path: Path) -> NumberFile:
@@ -75,17 +99,68 @@ def read_numbers(path: Path) -> NumberFile:
     return NumberFile(unique, invalid, len(every) - len(unique))
 
 
-def _evaluate_filter_keys(oprf_key: bytes, canonical_blob: bytes) -> bytes:
-    outputs = oprf.evaluate_input_batch(oprf_key, split(canonical_blob, CANONICAL_SIZE))
-    return b"".join(output[: published_filter.KEY_BYTES] for output in outputs)
+Entry = tuple[int, bytes, bytes]
+"""(entry id, token, filter key) of a current member."""
 
 
-def _bloom_shard(capacity: int, keys_blob: bytes) -> tuple[bytes, int]:
-    shard = filter_builder.empty(capacity)
-    filter_builder.add_all(
-        shard, (key.hex() for key in split(keys_blob, published_filter.KEY_BYTES))
-    )
-    return shard.bitarray.tobytes(), len(keys_blob) // published_filter.KEY_BYTES
+@dataclass
+class _Change:
+    values: np.ndarray
+    """The numbers entering the register."""
+    tokens: bytes | None
+    """Their concatenated tokens, or None to compute them while they are evaluated."""
+    withdrawn: list[Entry]
+    rekey: bool = False
+    """Every member is withdrawn and entered again: nothing of the base is reused."""
+
+
+@dataclass
+class _Kept:
+    """Concatenated tokens and filter keys of the members that stay."""
+
+    tokens: bytes
+    keys: bytes
+
+
+@dataclass
+class _Plan:
+    base: VersionRecord | None
+    change: _Change
+    count: int
+    params: published_filter.FilterParameters
+    base_index: bytes | None
+    base_filter: bytes | None
+    base_counts: bytes | None
+    kept: _Kept | None
+
+    @property
+    def base_version(self) -> int:
+        return 0 if self.base is None else self.base.version
+
+    @property
+    def unchanged(self) -> bool:
+        change = self.change
+        return (
+            self.base is not None
+            and not change.rekey
+            and not len(change.values)
+            and not (change.withdrawn)
+        )
+
+
+@dataclass
+class _Stages:
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @contextmanager
+    def stage(self, name: str, **details: object) -> Iterator[None]:
+        if name != STAGES[0]:  # reading comes first: a refused input then logs nothing
+            log.info("register.stage", stage=name, **details)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
 
 
 class Publisher:
@@ -99,169 +174,296 @@ class Publisher:
         self._hasher = Hasher(keys.salt)
         self._tokenizer = Tokenizer(keys.store_key)
 
+    # --- the three ways to a new version ----------------------------------------------------
+
     def load_snapshot(self, path: Path) -> Published:
-        numbers = read_numbers(path)
-        tokens = self._tokens(numbers.values)
-        with self._store.preparation() as preparation:
-            preparation.stage(tokens)
-            new_positions = preparation.staged_not_live()
-            withdrawn = preparation.live_not_staged()
-            kept = _entries_except(preparation.live_entries(), withdrawn)
-            base = preparation.base_version
-        change = self._prepare(base, numbers.values, tokens, new_positions, withdrawn, kept)
-        record = self._publish(change, "snapshot")
-        unchanged = len(numbers.values) - len(new_positions)
-        return Published(record, numbers.invalid, numbers.duplicates, unchanged)
+        stages = _Stages()
+        with stages.stage("reading"):
+            numbers = read_numbers(path)
+            with self._store.preparation() as preparation:
+                if preparation.base is None or preparation.base.count == 0:
+                    # Nothing to compare with: every number enters, tokens come later.
+                    change = _Change(numbers.values, None, [])
+                else:
+                    tokens = self._tokens(numbers.values)
+                    preparation.stage(split(tokens, TOKEN_SIZE))
+                    entering = preparation.staged_not_live()
+                    change = _Change(
+                        numbers.values[np.asarray(entering, dtype=np.int64)],
+                        _pick(tokens, entering),
+                        preparation.live_not_staged(),
+                    )
+                plan = self._plan(preparation, change)
+        unchanged = len(numbers.values) - len(change.values)
+        return self._carry_out(plan, stages, "snapshot", numbers, unchanged)
 
     def rekey(self, path: Path) -> Published:
         """A new version holding exactly the snapshot's numbers, every entry made again with
         this publisher's keys (after `ndop keys rotate --register`). The store holds no
         numbers, so it cannot re-key its entries itself: the current snapshot is needed."""
-        numbers = read_numbers(path)
-        tokens = self._tokens(numbers.values)
-        with self._store.preparation() as preparation:
-            withdrawn = {entry for entry, _, _ in preparation.live_entries()}
-            base = preparation.base_version
-        everything = list(range(len(tokens)))
-        change = self._prepare(
-            base, numbers.values, tokens, everything, withdrawn, (bytearray(), bytearray())
-        )
-        record = self._publish(change, "rekey")
-        return Published(record, numbers.invalid, numbers.duplicates, 0)
+        stages = _Stages()
+        with stages.stage("reading"):
+            numbers = read_numbers(path)
+            with self._store.preparation() as preparation:
+                change = _Change(numbers.values, None, list(preparation.live_entries()), True)
+                plan = self._plan(preparation, change)
+        return self._carry_out(plan, stages, "rekey", numbers, 0)
 
     def apply_changes(self, add: Path | None, remove: Path | None) -> Published:
         if add is None and remove is None:
             raise ConfigurationError("give --add FILE, --remove FILE, or both")
-        adding = read_numbers(add) if add else NumberFile(np.empty(0, dtype=np.int64))
-        removing = read_numbers(remove) if remove else NumberFile(np.empty(0, dtype=np.int64))
-        both = np.intersect1d(adding.values, removing.values)
-        if len(both):
-            raise ConfigurationError(
-                f"{len(both)} numbers appear in both --add and --remove; "
-                "a change set must say one or the other"
-            )
-        add_tokens = self._tokens(adding.values)
-        with self._store.preparation() as preparation:
-            preparation.stage(self._tokens(removing.values))
-            withdrawn = preparation.live_staged()
-            preparation.stage(add_tokens)
-            new_positions = preparation.staged_not_live()
-            kept = _entries_except(preparation.live_entries(), withdrawn)
-            base = preparation.base_version
-        change = self._prepare(base, adding.values, add_tokens, new_positions, withdrawn, kept)
-        record = self._publish(change, "changes")
-        unchanged = (len(adding.values) - len(new_positions)) + (
+        stages = _Stages()
+        with stages.stage("reading"):
+            adding = read_numbers(add) if add else NumberFile(np.empty(0, dtype=np.int64))
+            removing = read_numbers(remove) if remove else NumberFile(np.empty(0, dtype=np.int64))
+            both = np.intersect1d(adding.values, removing.values)
+            if len(both):
+                raise ConfigurationError(
+                    f"{len(both)} numbers appear in both --add and --remove; "
+                    "a change set must say one or the other"
+                )
+            add_tokens = self._tokens(adding.values)
+            with self._store.preparation() as preparation:
+                preparation.stage(split(self._tokens(removing.values), TOKEN_SIZE))
+                withdrawn = preparation.live_staged()
+                preparation.stage(split(add_tokens, TOKEN_SIZE))
+                entering = preparation.staged_not_live()
+                change = _Change(
+                    adding.values[np.asarray(entering, dtype=np.int64)],
+                    _pick(add_tokens, entering),
+                    withdrawn,
+                )
+                plan = self._plan(preparation, change)
+        unchanged = (len(adding.values) - len(change.values)) + (
             len(removing.values) - len(withdrawn)
         )
-        return Published(
-            record,
+        both_files = NumberFile(
+            np.empty(0, dtype=np.int64),
             adding.invalid + removing.invalid,
             adding.duplicates + removing.duplicates,
-            unchanged,
         )
+        return self._carry_out(plan, stages, "changes", both_files, unchanged)
 
-    def _prepare(
-        self,
-        base_version: int,
-        values: np.ndarray,
-        tokens: Sequence[bytes],
-        new_positions: Sequence[int],
-        withdrawn: set[int],
-        kept: tuple[bytearray, bytearray],
-    ) -> _Change:
-        """Everything slow, done before taking the write lock."""
-        with self._pool() as pool:
-            new_keys = self._filter_keys(pool, values[np.asarray(new_positions, dtype=np.int64)])
-            kept_tokens, kept_keys = kept
-            all_tokens = bytes(kept_tokens) + b"".join(tokens[p] for p in new_positions)
-            all_keys = bytes(kept_keys) + new_keys
-            count = len(all_tokens) // TOKEN_SIZE
-            log.info("register.stage", stage="building artifacts", entries=count)
-            index = np.sort(index_keys(all_tokens)).astype("<u8").tobytes()
-            filter_bytes = self._build_filter(pool, all_keys, count)
-        added = sorted(
-            zip(
-                (tokens[p] for p in new_positions),
-                split(new_keys, published_filter.KEY_BYTES),
-                strict=True,
+    # --- planning ---------------------------------------------------------------------------
+
+    def _plan(self, preparation: Preparation, change: _Change) -> _Plan:
+        """What the new version is made from, read in the preparation's snapshot."""
+        base = preparation.base
+        staying = 0 if base is None or change.rekey else base.count - len(change.withdrawn)
+        count = staying + len(change.values)
+        derive = base is not None and not change.rekey and base.key_id == self._keys.oprf_key_id
+        base_filter = preparation.artifact(FILTER_ARTIFACT) if derive else None
+        previous = (
+            published_filter.FilterParameters.from_header(base_filter).capacity
+            if base_filter is not None
+            else None
+        )
+        params = filter_builder.parameters(filter_builder.capacity_for(count, previous), count)
+        base_index = preparation.artifact(INDEX_ARTIFACT) if derive else None
+        base_counts = None
+        if base_filter is not None and version_build.same_slices(base_filter, params):
+            base_counts = preparation.artifact(COUNTS_ARTIFACT)
+        kept = None
+        if change.rekey or base is None:
+            kept = _Kept(b"", b"")
+        elif base_index is None or base_counts is None:
+            kept = _kept(preparation.live_entries(), change.withdrawn)
+        return _Plan(base, change, count, params, base_index, base_filter, base_counts, kept)
+
+    def _kept(self, plan: _Plan) -> _Kept:
+        """The members that stay, read now if the plan did not need them."""
+        if plan.kept is None:
+            with self._store.preparation() as preparation:
+                if preparation.base_version != plan.base_version:
+                    raise StoreError(
+                        f"version {preparation.base_version} was published while this one was "
+                        f"being prepared from version {plan.base_version}; run the command again"
+                    )
+                plan.kept = _kept(preparation.live_entries(), plan.change.withdrawn)
+        return plan.kept
+
+    # --- building and publishing ------------------------------------------------------------
+
+    def _carry_out(
+        self, plan: _Plan, stages: _Stages, source: str, numbers: NumberFile, unchanged: int
+    ) -> Published:
+        if plan.unchanged:
+            assert plan.base is not None
+            log.info("register.unchanged", version=plan.base.version, count=plan.base.count)
+            return Published(
+                plan.base, numbers.invalid, numbers.duplicates, unchanged, False, stages.seconds
             )
+        with self._pool() as pool:
+            with stages.stage("evaluating", entries=len(plan.change.values)):
+                new_tokens, new_keys, new_values = self._evaluate(pool, plan)
+            with stages.stage("index", entries=plan.count):
+                index = self._index(plan, new_tokens)
+            with stages.stage("filter", entries=plan.count):
+                artifacts = self._filter(pool, plan, new_keys, new_values)
+        with stages.stage("writing"):
+            record = self._write(plan, source, new_tokens, new_keys, index, artifacts)
+        log.info(
+            "register.timings",
+            version=record.version,
+            **{f"{name}_seconds": round(seconds, 3) for name, seconds in stages.seconds.items()},
         )
-        return _Change(base_version, added, withdrawn, count, index, filter_bytes)
+        return Published(
+            record, numbers.invalid, numbers.duplicates, unchanged, True, stages.seconds
+        )
 
-    def _publish(self, change: _Change, source: str) -> VersionRecord:
-        with self._store.publication(change.base_version) as publication:
+    def _evaluate(self, pool: WorkerPool, plan: _Plan) -> tuple[bytes, bytes, np.ndarray]:
+        """Tokens, filter keys and slice values of the entering numbers. The workers evaluate
+        while this process computes any tokens not known yet."""
+        values = plan.change.values
+        params = plan.params
+        futures = deque(
+            pool.submit(
+                register_work.evaluate,
+                self._keys.oprf_key,
+                canonical_bytes(values[start : start + _WORK_ITEMS]),
+                params,
+            )
+            for start in range(0, len(values), _WORK_ITEMS)
+        )
+        tokens = plan.change.tokens
+        if tokens is None:
+            tokens = self._tokens(values)
+        chunk = f"<u{published_filter.chunk_bytes(params.bits_per_slice)}"
+        slice_values = np.empty((len(values), params.num_slices), dtype=chunk)
+        keys = bytearray()
+        start = 0
+        while futures:  # popped as they are used: a done future holds its result
+            batch_keys, batch_values = futures.popleft().result()
+            keys += batch_keys
+            slice_values[start : start + len(batch_values)] = batch_values
+            start += len(batch_values)
+        return tokens, bytes(keys), slice_values
+
+    def _index(self, plan: _Plan, new_tokens: bytes) -> bytes:
+        if plan.base_index is not None:
+            withdrawn = b"".join(token for _, token, _ in plan.change.withdrawn)
+            try:
+                return version_build.index_changed(plan.base_index, new_tokens, withdrawn)
+            except version_build.BaseMismatch as exc:
+                log.warning("register.rebuilding_index", reason=str(exc))
+        return version_build.index_whole(self._kept(plan).tokens + new_tokens)
+
+    def _filter(
+        self, pool: WorkerPool, plan: _Plan, new_keys: bytes, new_values: np.ndarray
+    ) -> version_build.FilterArtifacts:
+        params = plan.params
+        if plan.base_filter is not None and plan.base_counts is not None:
+            withdrawn = b"".join(key for _, _, key in plan.change.withdrawn)
+            try:
+                return version_build.filter_changed(
+                    params,
+                    plan.base_filter,
+                    plan.base_counts,
+                    new_values,
+                    self._slice_values(pool, params, withdrawn),
+                )
+            except version_build.BaseMismatch as exc:
+                log.warning("register.rebuilding_filter", reason=str(exc))
+        kept = self._kept(plan).keys
+        every = new_values
+        if kept:
+            every = np.concatenate([self._slice_values(pool, params, kept), new_values])
+        return version_build.filter_whole(params, every, plan.base_filter)
+
+    def _write(
+        self,
+        plan: _Plan,
+        source: str,
+        new_tokens: bytes,
+        new_keys: bytes,
+        index: bytes,
+        artifacts: version_build.FilterArtifacts,
+    ) -> VersionRecord:
+        change = plan.change
+        with self._store.publication(plan.base_version) as publication:
             record = VersionRecord(
                 version=publication.version,
                 published_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                count=change.count,
+                count=plan.count,
                 source=source,
-                added=len(change.added),
+                added=len(change.values),
                 removed=len(change.withdrawn),
                 key_id=self._keys.oprf_key_id,
-                filter_sha256=hashlib.sha256(change.filter_bytes).digest(),
-                filter_size=len(change.filter_bytes),
+                filter_sha256=hashlib.sha256(artifacts.filter).digest(),
+                filter_size=len(artifacts.filter),
             )
-            publication.remove(change.withdrawn)
-            publication.add(change.added)
-            publication.finish(
-                record, {INDEX_ARTIFACT: change.index, FILTER_ARTIFACT: change.filter_bytes}
-            )
+            publication.remove(entry for entry, _, _ in change.withdrawn)
+            publication.add(_in_token_order(new_tokens, new_keys))
+            stored = {
+                INDEX_ARTIFACT: index,
+                FILTER_ARTIFACT: artifacts.filter,
+                COUNTS_ARTIFACT: artifacts.counts,
+            }
+            if artifacts.delta is not None:
+                stored[DELTA_ARTIFACT] = artifacts.delta
+            publication.finish(record, stored)
         log.info(
             "register.published",
             version=record.version,
             count=record.count,
             added=record.added,
             removed=record.removed,
+            filter_bytes=record.filter_size,
+            delta_bytes=None if artifacts.delta is None else len(artifacts.delta),
         )
         return record
+
+    # --- helpers ----------------------------------------------------------------------------
 
     def _pool(self) -> WorkerPool:
         return WorkerPool(self._workers)
 
-    def _tokens(self, values: np.ndarray) -> list[bytes]:
-        tokens: list[bytes] = []
-        for start in range(0, len(values), 65536):
-            digests = self._hasher.digest_packed(canonical_bytes(values[start : start + 65536]))
-            packed = self._tokenizer.tokens(digests, DIGEST_SIZE)
-            tokens.extend(split(packed, TOKEN_SIZE))
-        return tokens
+    def _tokens(self, values: np.ndarray) -> bytes:
+        """Concatenated tokens of the numbers, in order."""
+        tokens = []
+        for start in range(0, len(values), _HASH_ITEMS):
+            digests = self._hasher.digest_packed(
+                canonical_bytes(values[start : start + _HASH_ITEMS])
+            )
+            tokens.append(self._tokenizer.tokens(digests, DIGEST_SIZE))
+        return b"".join(tokens)
 
-    def _filter_keys(self, pool: WorkerPool, values: np.ndarray) -> bytes:
-        log.info("register.stage", stage="evaluating", entries=len(values))
-        blobs = [
-            canonical_bytes(values[start : start + _WORK_ITEMS])
-            for start in range(0, len(values), _WORK_ITEMS)
-        ]
-        return b"".join(pool.map(_evaluate_filter_keys, [self._keys.oprf_key] * len(blobs), blobs))
-
-    def _build_filter(self, pool: WorkerPool, keys: bytes, count: int) -> bytes:
-        combined = filter_builder.empty(count)
-        entries_per_shard = -(-count // self._workers) or 1
-        shard_bytes = entries_per_shard * published_filter.KEY_BYTES
-        shards = [keys[i : i + shard_bytes] for i in range(0, len(keys), shard_bytes)]
-        for bits, shard_count in pool.map(_bloom_shard, [max(count, 1)] * len(shards), shards):
-            filter_builder.merge(combined, bits, shard_count)
-        return filter_builder.serialize(combined)
+    def _slice_values(
+        self, pool: WorkerPool, params: published_filter.FilterParameters, keys: bytes
+    ) -> np.ndarray:
+        """Slice values of concatenated filter keys, in the workers when there are many."""
+        size = published_filter.KEY_BYTES
+        if len(keys) <= _HASH_ITEMS * size:
+            return register_work.slice_values(params, keys)
+        shard = -(-len(keys) // size // self._workers) * size
+        shards = [keys[start : start + shard] for start in range(0, len(keys), shard)]
+        return np.concatenate(
+            list(pool.map(register_work.slice_values, [params] * len(shards), shards))
+        )
 
 
-@dataclass
-class _Change:
-    base_version: int
-    added: list[tuple[bytes, bytes]]
-    withdrawn: set[int]
-    count: int
-    index: bytes
-    filter_bytes: bytes
+def _pick(tokens: bytes, positions: list[int]) -> bytes:
+    return b"".join(tokens[p * TOKEN_SIZE : (p + 1) * TOKEN_SIZE] for p in positions)
 
 
-def _entries_except(
-    entries: Iterable[tuple[int, bytes, bytes]], withdrawn: set[int]
-) -> tuple[bytearray, bytearray]:
+def _kept(entries: Iterable[Entry], withdrawn: list[Entry]) -> _Kept:
     """Concatenated tokens and filter keys of the entries not withdrawn."""
+    leaving = {entry for entry, _, _ in withdrawn}
     tokens = bytearray()
     keys = bytearray()
-    for rowid, token, key in entries:
-        if rowid not in withdrawn:
+    for entry, token, key in entries:
+        if entry not in leaving:
             tokens += token
             keys += key
-    return tokens, keys
+    return _Kept(bytes(tokens), bytes(keys))
+
+
+def _in_token_order(tokens: bytes, keys: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(token, filter key) pairs sorted by token: B-tree inserts of sorted keys run about
+    twice as fast as random ones."""
+    count = len(tokens) // TOKEN_SIZE
+    words = np.frombuffer(tokens, dtype=">u8").reshape(count, 2)
+    order = np.lexsort((words[:, 1], words[:, 0])) if count else np.empty(0, dtype=np.intp)
+    size = published_filter.KEY_BYTES
+    for i in order.tolist():
+        yield tokens[i * TOKEN_SIZE : (i + 1) * TOKEN_SIZE], keys[i * size : (i + 1) * size]

@@ -15,9 +15,9 @@ import numpy as np
 import structlog
 
 from ndop_server.errors import StoreError
+from ndop_server.filter_deltas import FilterDeltas
 from ndop_server.locations import StoreLocation
-from ndop_server.register import FILTER_ARTIFACT, INDEX_ARTIFACT
-from ndop_server.store import Store, VersionRecord
+from ndop_server.store import FILTER_ARTIFACT, INDEX_ARTIFACT, Store, VersionRecord
 
 log = structlog.get_logger("ndop.server")
 
@@ -62,6 +62,7 @@ class RegisterHolder:
         key_id: str | None = None,
     ) -> None:
         self._store = Store(store_location)
+        self.deltas = FilterDeltas(self._store)
         self._poll_seconds = poll_seconds
         self._on_version = on_version
         self._on_reachability = on_reachability

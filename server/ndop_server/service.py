@@ -18,7 +18,9 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ndop_core import filter as published_filter
+from ndop_core import filter_delta
 from ndop_core.crypto import oprf
+from ndop_core.errors import IntegrityError
 from ndop_core.hashing import DIGEST_SIZE, SCHEME
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.access import AccessDenied, Gatekeeper
@@ -373,22 +375,56 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             log.warning("store.unavailable", call="filter", reason=str(exc))
             self._metrics.store_error("filter")
             _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
-        log.info("filter.download", organisation=organisation.name, version=view.version)
-        return self._filter_chunks(context, view)
+        delta = self._filter_delta(request, view)
+        log.info(
+            "filter.download",
+            organisation=organisation.name,
+            version=view.version,
+            delta_from=None if delta is None else request.base_version,
+        )
+        return self._filter_chunks(context, view, delta)
+
+    def _filter_delta(
+        self, request: ndop_pb2.GetFilterRequest, view: RegisterView
+    ) -> tuple[ndop_pb2.FilterDelta, bytes] | None:
+        """A delta from the filter the client holds, when it names one and one is smaller than
+        the whole filter; the whole filter otherwise. A delta download is a filter download:
+        it is charged and audited as one."""
+        if not request.base_version:
+            return None
+        try:
+            data = self._holder.deltas.between(
+                request.base_version, request.base_sha256, view.record
+            )
+        except (StoreError, IntegrityError) as exc:
+            log.warning("filter.delta_unavailable", version=view.version, reason=str(exc))
+            return None
+        if data is None:
+            return None
+        return ndop_pb2.FilterDelta(
+            scheme=filter_delta.SCHEME,
+            base_version=request.base_version,
+            base_sha256=request.base_sha256,
+            size=len(data),
+        ), data
 
     def _filter_chunks(
-        self, context: grpc.ServicerContext, view: RegisterView
+        self,
+        context: grpc.ServicerContext,
+        view: RegisterView,
+        delta: tuple[ndop_pb2.FilterDelta, bytes] | None = None,
     ) -> Iterator[ndop_pb2.FilterChunk]:
         record = view.record
-        data = view.filter_bytes
+        data = view.filter_bytes if delta is None else delta[1]
         header = ndop_pb2.FilterHeader(
             register_version=record.version,
             count=record.count,
             key_id=record.key_id,
             filter_scheme=published_filter.SCHEME,
-            size=len(data),
+            size=len(view.filter_bytes),
             sha256=record.filter_sha256,
             false_positive_rate=published_filter.FALSE_POSITIVE_RATE,
+            delta=None if delta is None else delta[0],
         )
         watch = self._guards.watchdog.watch(context)
         try:

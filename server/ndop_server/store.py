@@ -32,7 +32,19 @@ from ndop_server.database import (
 from ndop_server.database.base import Dialect
 from ndop_server.errors import StoreError
 
+INDEX_ARTIFACT: Final = "index"
+FILTER_ARTIFACT: Final = "filter"
+COUNTS_ARTIFACT: Final = "filter-counts"
+"""How many entries set each bit of the version's filter (see filter_counts)."""
+DELTA_ARTIFACT: Final = "filter-delta"
+"""The version's filter as a delta from the previous version's (ndop-filter-delta-v1)."""
 ARTIFACTS_KEPT: Final = 3
+DELTAS_KEPT: Final = 60
+KEPT: Final = {COUNTS_ARTIFACT: 1, DELTA_ARTIFACT: DELTAS_KEPT}
+"""Versions whose artifacts of a kind are kept; ARTIFACTS_KEPT for the kinds not named. Deltas
+are small and let a client holding an older filter catch up; counts only serve the next
+version."""
+_PUBLICATION_CACHE_KIB: Final = 262144
 
 
 @dataclass(frozen=True)
@@ -137,14 +149,36 @@ class Store:
             )
         return [_record(row) for row in rows]
 
+    def record(self, version: int) -> VersionRecord | None:
+        with self.db.transaction() as tx:
+            row = tx.one(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE version = ?", (version,))
+        return None if row is None else _record(row)
+
+    def records(self, first: int, last: int) -> list[VersionRecord]:
+        """The versions from `first` to `last` included, oldest first."""
+        with self.db.transaction() as tx:
+            rows = tx.all(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE version BETWEEN ? AND ? "
+                "ORDER BY version",
+                (first, last),
+            )
+        return [_record(row) for row in rows]
+
     def artifact(self, version: int, kind: str) -> bytes:
         with self.db.transaction() as tx:
-            row = tx.one(
-                "SELECT data FROM artifacts WHERE version = ? AND kind = ?", (version, kind)
-            )
-        if row is None:
+            found = _artifact(tx, version, kind)
+        if found is None:
             raise StoreError(f"register version {version} has no {kind} artifact in the store")
-        return bytes(row[0])
+        return found
+
+    def artifacts(self, kind: str, first: int, last: int) -> dict[int, bytes]:
+        """The artifacts of one kind that versions `first` to `last` still have."""
+        with self.db.transaction() as tx:
+            rows = tx.all(
+                "SELECT version, data FROM artifacts WHERE kind = ? AND version BETWEEN ? AND ?",
+                (kind, first, last),
+            )
+        return {int(version): bytes(data) for version, data in rows}
 
     def wait_for_publication(self, timeout: float) -> bool:
         """Block until a version is published (where the database tells) or `timeout`."""
@@ -156,7 +190,8 @@ class Store:
     def preparation(self) -> Iterator[Preparation]:
         """A read snapshot for working out a new version; takes no write lock."""
         with self.db.transaction(snapshot=True) as tx:
-            yield Preparation(tx, _latest_number(tx), self.db.dialect)
+            row = tx.one(f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY version DESC LIMIT 1")
+            yield Preparation(tx, None if row is None else _record(row), self.db.dialect)
 
     @contextmanager
     def publication(self, base_version: int) -> Iterator[Publication]:
@@ -171,6 +206,9 @@ class Store:
                     f"version {latest} was published while this one was being prepared "
                     f"from version {base_version}; run the command again"
                 )
+            if self.db.dialect.name == "sqlite":
+                # A bigger page cache for this connection: a load writes millions of entries.
+                tx.run(f"PRAGMA cache_size = -{_PUBLICATION_CACHE_KIB}")
             yield Publication(tx, latest + 1, self.db.dialect.entries_id)
 
 
@@ -179,14 +217,24 @@ def _latest_number(tx: Transaction) -> int:
     return int(row[0] or 0) if row else 0
 
 
+def _artifact(tx: Transaction, version: int, kind: str) -> bytes | None:
+    row = tx.one("SELECT data FROM artifacts WHERE version = ? AND kind = ?", (version, kind))
+    return None if row is None else bytes(row[0])
+
+
 class Preparation:
     """Reads the current version's members and compares an input file against them."""
 
-    def __init__(self, tx: Transaction, base_version: int, dialect: Dialect) -> None:
+    def __init__(self, tx: Transaction, base: VersionRecord | None, dialect: Dialect) -> None:
         self._tx = tx
         self._dialect = dialect
         self._id = dialect.entries_id
-        self.base_version = base_version
+        self.base = base
+        self.base_version = 0 if base is None else base.version
+
+    def artifact(self, kind: str) -> bytes | None:
+        """An artifact of the base version, if the store still has it."""
+        return None if self.base is None else _artifact(self._tx, self.base.version, kind)
 
     def stage(self, tokens: Sequence[bytes]) -> None:
         """Hold an input file's tokens (by position) in a temporary table."""
@@ -211,21 +259,21 @@ class Preparation:
         )
         return [row[0] for row in rows]
 
-    def live_staged(self) -> set[int]:
-        """Ids of current members whose token is staged."""
+    def live_staged(self) -> list[tuple[int, bytes, bytes]]:
+        """(id, token, filter key) of current members whose token is staged."""
         rows = self._tx.all(
-            f"SELECT e.{self._id} FROM entries e JOIN incoming i ON e.token = i.token "
-            "WHERE e.removed_in IS NULL"
+            f"SELECT e.{self._id}, e.token, e.filter_key FROM entries e "
+            "JOIN incoming i ON e.token = i.token WHERE e.removed_in IS NULL"
         )
-        return {row[0] for row in rows}
+        return [(row[0], bytes(row[1]), bytes(row[2])) for row in rows]
 
-    def live_not_staged(self) -> set[int]:
-        """Ids of current members whose token is not staged."""
-        rows = self._tx.all(
-            f"SELECT {self._id} FROM entries WHERE removed_in IS NULL "
+    def live_not_staged(self) -> list[tuple[int, bytes, bytes]]:
+        """(id, token, filter key) of current members whose token is not staged."""
+        rows = self._tx.rows(
+            f"SELECT {self._id}, token, filter_key FROM entries WHERE removed_in IS NULL "
             "AND token NOT IN (SELECT token FROM incoming)"
         )
-        return {row[0] for row in rows}
+        return [(row[0], bytes(row[1]), bytes(row[2])) for row in rows]
 
     def live_entries(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(id, token, filter key) of every current member."""
@@ -278,5 +326,14 @@ class Publication:
                 record.filter_size,
             ),
         )
-        self._tx.run("DELETE FROM artifacts WHERE version <= ?", (record.version - ARTIFACTS_KEPT,))
+        for kind, kept in KEPT.items():
+            self._tx.run(
+                "DELETE FROM artifacts WHERE kind = ? AND version <= ?",
+                (kind, record.version - kept),
+            )
+        named = ", ".join("?" for _ in KEPT)
+        self._tx.run(
+            f"DELETE FROM artifacts WHERE kind NOT IN ({named}) AND version <= ?",
+            (*KEPT, record.version - ARTIFACTS_KEPT),
+        )
         self._tx.notify(VERSIONS_CHANNEL, str(record.version))

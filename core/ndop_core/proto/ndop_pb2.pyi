@@ -107,10 +107,14 @@ class HashedCheckResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[MembershipBatch, _Mapping]] = ..., summary: _Optional[_Union[CheckSummary, _Mapping]] = ...) -> None: ...
 
 class GetFilterRequest(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "base_version", "base_sha256")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256_FIELD_NUMBER: _ClassVar[int]
     version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+    base_version: int
+    base_sha256: bytes
+    def __init__(self, version: _Optional[int] = ..., base_version: _Optional[int] = ..., base_sha256: _Optional[bytes] = ...) -> None: ...
 
 class FilterChunk(_message.Message):
     __slots__ = ("header", "offset", "data")
@@ -123,7 +127,7 @@ class FilterChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[FilterHeader, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FilterHeader(_message.Message):
-    __slots__ = ("register_version", "count", "key_id", "filter_scheme", "size", "sha256", "false_positive_rate")
+    __slots__ = ("register_version", "count", "key_id", "filter_scheme", "size", "sha256", "false_positive_rate", "delta")
     REGISTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +135,7 @@ class FilterHeader(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FALSE_POSITIVE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     register_version: int
     count: int
     key_id: str
@@ -138,7 +143,20 @@ class FilterHeader(_message.Message):
     size: int
     sha256: bytes
     false_positive_rate: float
-    def __init__(self, register_version: _Optional[int] = ..., count: _Optional[int] = ..., key_id: _Optional[str] = ..., filter_scheme: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., false_positive_rate: _Optional[float] = ...) -> None: ...
+    delta: FilterDelta
+    def __init__(self, register_version: _Optional[int] = ..., count: _Optional[int] = ..., key_id: _Optional[str] = ..., filter_scheme: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., false_positive_rate: _Optional[float] = ..., delta: _Optional[_Union[FilterDelta, _Mapping]] = ...) -> None: ...
+
+class FilterDelta(_message.Message):
+    __slots__ = ("scheme", "base_version", "base_sha256", "size")
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    scheme: str
+    base_version: int
+    base_sha256: bytes
+    size: int
+    def __init__(self, scheme: _Optional[str] = ..., base_version: _Optional[int] = ..., base_sha256: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("context", "batch_id", "blinded_elements")

@@ -75,7 +75,8 @@ class OptOutRegisterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFilter(self, request, context):
-        """Private mode: the filter of F_k(y) for every opted-out y in a register version, in chunks.
+        """Private mode: the filter of F_k(y) for every opted-out y in a register version, in chunks;
+        or, when the client names a filter it holds and the server can, a delta from that filter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
