@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -100,8 +101,7 @@ class ClearedWriter:
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
 
-    def _guarded(self, action: object) -> None:
-        assert callable(action)
+    def _guarded(self, action: Callable[[], object]) -> None:
         try:
             action()
         except OSError as exc:
