@@ -92,12 +92,12 @@ def fetch_filter(
 ) -> CachedFilter:
     """The filter of `version`, from the cache when it holds the same digest; a delta from
     an older cached filter when the server has one, the whole filter otherwise."""
-    watch = (stall or StallPolicy(DEFAULT_STALL_SECONDS, "")).watch("the filter download")
+    policy = stall or StallPolicy(DEFAULT_STALL_SECONDS, "")
     base = _newest_base(cache_dir / register_id, version)
     try:
-        fetched = _request(stub, cache_dir, register_id, version, metadata, watch, base)
+        fetched = _request(stub, cache_dir, register_id, version, metadata, policy, base)
     except _DeltaUnusable:
-        fetched = _request(stub, cache_dir, register_id, version, metadata, watch, None)
+        fetched = _request(stub, cache_dir, register_id, version, metadata, policy, None)
     _prune(cache_dir / register_id, fetched.register_version)
     return fetched
 
@@ -108,9 +108,10 @@ def _request(
     register_id: str,
     version: int,
     metadata: tuple[tuple[str, str], ...],
-    watch: StallWatch,
+    stall: StallPolicy,
     base: _Base | None,
 ) -> CachedFilter:
+    watch = stall.watch("the filter download")
     request = ndop_pb2.GetFilterRequest(version=version)
     if base is not None:
         request.base_version = base.version
