@@ -306,7 +306,7 @@ def test_an_unknown_ca_is_told_to_use_ca_file(register: Register, tmp_path: Path
     )
     try:
         cohort = write_numbers(tmp_path / "c.dat", [9990000018])
-        args = [*NDOP, "check", str(cohort), "--server", f"localhost:{running.port}", *PURPOSE]
+        args = [*NDOP, "check", str(cohort), "--server", f"127.0.0.1:{running.port}", *PURPOSE]
         done = subprocess.run(
             [*args, "--out", "o.dat"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
