@@ -480,3 +480,15 @@ def test_a_full_disk_for_the_filter_cache_is_one_sentence(
     line = one_sentence(done.stderr)
     assert "cannot save the register's filter" in line and "No space left on device" in line
     assert not (tmp_path / "o.dat").exists()
+
+
+def test_a_piped_one_column_csv_is_recognised_by_its_header(
+    server: RunningServer, address: str, tmp_path: Path, numbers: tuple[list[str], list[str]]
+) -> None:
+    opted, kept = numbers
+    text = "NHS Number\n" + "".join(f"{n}\n" for n in [*opted, *kept])
+    done = check(
+        tmp_path, address, "-", "-", "--receipt", "r.json", "--mode", "hashed", stdin=text.encode()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == "NHS Number\n" + "".join(f"{n}\n" for n in kept)

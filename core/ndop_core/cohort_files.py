@@ -77,7 +77,9 @@ def _sniff_format(first_line: str) -> Format:
     text = first_line.strip()
     if not text or _LOOKS_LIKE_NUMBER.fullmatch(text.removesuffix(",")):
         return Format.DAT if text.endswith(",") else Format.TEXT
-    return Format.CSV if any(d in text for d in _DELIMITERS) else Format.TEXT
+    if _DEFAULT_COLUMN_PATTERN.match(text) or any(d in text for d in _DELIMITERS):
+        return Format.CSV
+    return Format.TEXT
 
 
 def _sniff_delimiter(path: Path | str, header_line: str) -> str:
