@@ -174,8 +174,9 @@ class CohortFile:
             index = _column_index(names, column)
             if index is None:
                 self.close()
+                asked = "like an NHS number" if _LOOKS_LIKE_NUMBER.fullmatch(column) else column
                 raise InputError(
-                    f"{self.name} has no column named {column!r}; its columns are {_listed(names)}"
+                    f"{self.name} has no column named {asked!r}; its columns are {_listed(names)}"
                 )
             self._column_index = index
         else:
