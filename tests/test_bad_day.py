@@ -344,3 +344,26 @@ def test_a_missing_token_names_token_and_ndop_token(
     assert done.returncode == 3
     line = one_sentence(done.stderr)
     assert "NDOP_TOKEN" in line and "--token" in line
+
+
+def test_a_private_check_leaves_nothing_in_the_temporary_directory(
+    register: Register, server: RunningServer, address: str, tmp_path: Path
+) -> None:
+    """rbcl copies its 2.8 MB libsodium into TMPDIR in every process that imports it; ndop
+    removes the copy once loaded, in the command and in each worker, or every check would
+    leave three behind until the disk filled."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    cohort = write_numbers(tmp_path / "c.dat", register.not_opted_out[:50])
+    env = {**os.environ, "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [*NDOP, "check", str(cohort), "--server", address, "--insecure", *PURPOSE]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "out.dat"), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == []

@@ -7,12 +7,28 @@ elements (their concatenation). Error messages never contain element, scalar or 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import rbcl
 
 from ndop_core.crypto.xmd import expander
+
+
+def _remove_rbcl_copy() -> None:
+    """rbcl writes its bundled libsodium (2.8 MB) to a new temporary file at every import and
+    never removes it, so every process (each worker too) would leave one behind until the
+    temporary directory fills. Once loaded, the file is not needed."""
+    path = getattr(sys.modules.get("rbcl._sodium"), "lib_path", None)
+    if isinstance(path, str) and os.path.basename(path).startswith("tmp"):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+_remove_rbcl_copy()
 
 __all__ = [
     "CONTEXT_STRING",
