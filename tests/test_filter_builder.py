@@ -87,20 +87,20 @@ def test_counts_saturate_and_stay_exact() -> None:
     artifact round trip and through changes in and out of saturation."""
     params = filter_builder.parameters(64, 0)
     rng = np.random.default_rng(7)
-    random_rows = rng.integers(0, params.bits_per_slice, size=(40, params.num_slices))
-    same_row = np.tile(random_rows[:1], (20, 1))  # 21 keys on exactly the same bits
-    values = np.concatenate([same_row, random_rows]).astype(np.uint16)
+    random_keys = rng.integers(0, params.bits_per_slice, size=(params.num_slices, 40))
+    same_key = np.tile(random_keys[:, :1], (1, 20))  # 21 keys on exactly the same bits
+    values = np.concatenate([same_key, random_keys], axis=1).astype(np.uint16)
     counts, _ = BitCounts.from_slice_values(params, values)
-    hot = filter_builder.positions(params, values[:1])
+    hot = filter_builder.positions(params, values[:, :1])
     assert (counts.at(hot) >= 21).all()
     stored = BitCounts.decode(counts.encode(), params.num_bits)
     assert np.array_equal(stored.at(hot), counts.at(hot))
 
     # Withdraw 10 of the 21: still saturated; then 8 more: below 15, back in 4 bits.
-    flips = stored.change(np.empty(0, np.uint64), filter_builder.positions(params, values[:10]))
+    flips = stored.change(np.empty(0, np.uint64), filter_builder.positions(params, values[:, :10]))
     assert len(flips) == 0 and (stored.at(hot) >= 11).all()
-    stored.change(np.empty(0, np.uint64), filter_builder.positions(params, values[10:18]))
-    remaining = values[18:]
+    stored.change(np.empty(0, np.uint64), filter_builder.positions(params, values[:, 10:18]))
+    remaining = values[:, 18:]
     expected, expected_bits = BitCounts.from_slice_values(params, remaining)
     assert stored.bits() == expected_bits
     every = np.arange(params.num_bits, dtype=np.uint64)
@@ -111,9 +111,9 @@ def test_counts_saturate_and_stay_exact() -> None:
 
 def test_withdrawing_more_than_was_counted_is_a_mismatch() -> None:
     params = filter_builder.parameters(64, 0)
-    values = np.random.default_rng(8).integers(0, params.bits_per_slice, size=(5, 30))
+    values = np.random.default_rng(8).integers(0, params.bits_per_slice, size=(30, 5))
     counts, _ = BitCounts.from_slice_values(params, values.astype(np.uint16))
-    stranger = filter_builder.positions(params, values[:1] + 1)
+    stranger = filter_builder.positions(params, (values[:, :1] + 1) % params.bits_per_slice)
     with pytest.raises(CountsMismatch):
         counts.change(np.empty(0, np.uint64), np.concatenate([stranger, stranger]))
 
@@ -124,7 +124,7 @@ def test_withdrawing_more_than_was_counted_is_a_mismatch() -> None:
 )
 def test_counts_of_another_filter_are_refused(damage: object) -> None:
     params = filter_builder.parameters(64, 0)
-    counts, _ = BitCounts.from_slice_values(params, np.zeros((1, 30), dtype=np.uint16))
+    counts, _ = BitCounts.from_slice_values(params, np.zeros((30, 1), dtype=np.uint16))
     data = counts.encode()
     assert callable(damage)
     with pytest.raises(CountsMismatch):
@@ -150,7 +150,7 @@ def test_derived_filter_and_index_equal_whole_builds() -> None:
         base,
         counts.encode(),
         filter_builder.slice_values(new_params, added),
-        values[:2_000],
+        values[:, :2_000],
     )
     whole = version_build.filter_whole(
         new_params, filter_builder.slice_values(new_params, kept + added), base

@@ -206,7 +206,7 @@ def test_derived_filter_rebuilds_the_filter(name: str) -> None:
     shards = [
         filter_builder.slice_values(params, raw[i : i + shard]) for i in range(0, len(raw), shard)
     ]
-    whole = version_build.filter_whole(params, np.concatenate(shards), base)
+    whole = version_build.filter_whole(params, np.concatenate(shards, axis=1), base)
     assert whole == derived
 
 

@@ -74,14 +74,16 @@ def hex_keys(raw_keys: bytes) -> list[bytes]:
 
 
 def slice_values(params: published.FilterParameters, raw_keys: bytes) -> np.ndarray:
-    """v_j of every key (rows) and slice (columns): the key's bit in slice j is j*m + v_j."""
-    return published.KeyHasher(params).slice_values(hex_keys(raw_keys))
+    """v_j of every key, by slice: row j holds every key's value in slice j (the key's bit
+    there is j*m + v_j). Rows are contiguous, which is what counting bits wants."""
+    by_key = published.KeyHasher(params).slice_values(hex_keys(raw_keys))
+    return np.ascontiguousarray(by_key.T)
 
 
 def positions(params: published.FilterParameters, values: np.ndarray) -> np.ndarray:
-    """Slice values to bit positions in the whole array, flattened, as uint64."""
+    """Slice values (by slice) to bit positions in the whole array, flattened, as uint64."""
     offsets = np.arange(params.num_slices, dtype=np.uint64) * np.uint64(params.bits_per_slice)
-    result: np.ndarray = (values.astype(np.uint64) + offsets).ravel()
+    result: np.ndarray = (values.astype(np.uint64) + offsets[:, None]).ravel()
     return result
 
 

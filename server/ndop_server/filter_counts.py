@@ -55,14 +55,14 @@ class BitCounts:
     def from_slice_values(
         cls, params: published.FilterParameters, values: np.ndarray
     ) -> tuple[BitCounts, bytes]:
-        """Counts of every bit, and the packed bit array, for keys with these slice values."""
+        """Counts of every bit, and the packed bit array, for keys with these slice values
+        (by slice: row j holds every key's v_j)."""
         m = params.bits_per_slice
         counts = np.zeros(params.num_bits, dtype=np.uint8)
         over_positions: list[np.ndarray] = []
         over_counts: list[np.ndarray] = []
         for j in range(params.num_slices):
-            column = np.ascontiguousarray(values[:, j]).astype(np.intp, copy=False)
-            slice_counts = np.bincount(column, minlength=m)
+            slice_counts = np.bincount(values[j], minlength=m)
             saturated = np.flatnonzero(slice_counts >= SATURATED)
             if len(saturated):
                 over_positions.append(saturated.astype(np.uint64) + np.uint64(j * m))

@@ -329,14 +329,14 @@ class Publisher:
         if tokens is None:
             tokens = self._tokens(values)
         chunk = f"<u{published_filter.chunk_bytes(params.bits_per_slice)}"
-        slice_values = np.empty((len(values), params.num_slices), dtype=chunk)
+        slice_values = np.empty((params.num_slices, len(values)), dtype=chunk)
         keys = bytearray()
         start = 0
         while futures:  # popped as they are used: a done future holds its result
             batch_keys, batch_values = futures.popleft().result()
             keys += batch_keys
-            slice_values[start : start + len(batch_values)] = batch_values
-            start += len(batch_values)
+            slice_values[:, start : start + batch_values.shape[1]] = batch_values
+            start += batch_values.shape[1]
         return tokens, bytes(keys), slice_values
 
     def _index(self, plan: _Plan, new_tokens: bytes) -> bytes:
@@ -367,7 +367,7 @@ class Publisher:
         kept = self._kept(plan).keys
         every = new_values
         if kept:
-            every = np.concatenate([self._slice_values(pool, params, kept), new_values])
+            every = np.concatenate([self._slice_values(pool, params, kept), new_values], axis=1)
         return version_build.filter_whole(params, every, plan.base_filter)
 
     def _write(
@@ -393,7 +393,9 @@ class Publisher:
                 filter_size=len(artifacts.filter),
             )
             publication.remove(entry for entry, _, _ in change.withdrawn)
-            publication.add(_in_token_order(new_tokens, new_keys))
+            publication.add(
+                _in_token_order(new_tokens, new_keys), TOKEN_SIZE, published_filter.KEY_BYTES
+            )
             stored = {
                 INDEX_ARTIFACT: index,
                 FILTER_ARTIFACT: artifacts.filter,
@@ -437,9 +439,8 @@ class Publisher:
             return register_work.slice_values(params, keys)
         shard = -(-len(keys) // size // self._workers) * size
         shards = [keys[start : start + shard] for start in range(0, len(keys), shard)]
-        return np.concatenate(
-            list(pool.map(register_work.slice_values, [params] * len(shards), shards))
-        )
+        parts = pool.map(register_work.slice_values, [params] * len(shards), shards)
+        return np.concatenate(list(parts), axis=1)
 
 
 def _pick(tokens: bytes, positions: list[int]) -> bytes:
@@ -458,12 +459,15 @@ def _kept(entries: Iterable[Entry], withdrawn: list[Entry]) -> _Kept:
     return _Kept(bytes(tokens), bytes(keys))
 
 
-def _in_token_order(tokens: bytes, keys: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(token, filter key) pairs sorted by token: B-tree inserts of sorted keys run about
-    twice as fast as random ones."""
+def _in_token_order(tokens: bytes, keys: bytes) -> bytes:
+    """Each token followed by its filter key, sorted by token: B-tree inserts of sorted keys
+    run about twice as fast as random ones."""
     count = len(tokens) // TOKEN_SIZE
     words = np.frombuffer(tokens, dtype=">u8").reshape(count, 2)
-    order = np.lexsort((words[:, 1], words[:, 0])) if count else np.empty(0, dtype=np.intp)
-    size = published_filter.KEY_BYTES
-    for i in order.tolist():
-        yield tokens[i * TOKEN_SIZE : (i + 1) * TOKEN_SIZE], keys[i * size : (i + 1) * size]
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    rows = np.empty((count, TOKEN_SIZE + published_filter.KEY_BYTES), dtype=np.uint8)
+    rows[:, :TOKEN_SIZE] = np.frombuffer(tokens, dtype=np.uint8).reshape(count, TOKEN_SIZE)[order]
+    rows[:, TOKEN_SIZE:] = np.frombuffer(keys, dtype=np.uint8).reshape(
+        count, published_filter.KEY_BYTES
+    )[order]
+    return rows.tobytes()

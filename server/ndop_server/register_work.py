@@ -17,12 +17,12 @@ def evaluate(
     oprf_key: bytes, canonical_blob: bytes, params: published.FilterParameters
 ) -> tuple[bytes, np.ndarray]:
     """The filter keys (first 32 bytes of F_k(x)) of concatenated canonical numbers, and their
-    slice values for `params`."""
+    slice values for `params` (by slice)."""
     outputs = oprf.evaluate_input_batch(oprf_key, split(canonical_blob, CANONICAL_SIZE))
     keys = b"".join(output[: published.KEY_BYTES] for output in outputs)
     return keys, filter_builder.slice_values(params, keys)
 
 
 def slice_values(params: published.FilterParameters, keys: bytes) -> np.ndarray:
-    """The slice values of concatenated filter keys."""
+    """The slice values (by slice) of concatenated filter keys."""
     return filter_builder.slice_values(params, keys)

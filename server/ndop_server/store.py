@@ -209,7 +209,7 @@ class Store:
             if self.db.dialect.name == "sqlite":
                 # A bigger page cache for this connection: a load writes millions of entries.
                 tx.run(f"PRAGMA cache_size = -{_PUBLICATION_CACHE_KIB}")
-            yield Publication(tx, latest + 1, self.db.dialect.entries_id)
+            yield Publication(tx, latest + 1, self.db.dialect)
 
 
 def _latest_number(tx: Transaction) -> int:
@@ -286,9 +286,10 @@ class Preparation:
 class Publication:
     """The write side of one new register version, valid inside Store.publication()."""
 
-    def __init__(self, tx: Transaction, version: int, entry_id: str) -> None:
+    def __init__(self, tx: Transaction, version: int, dialect: Dialect) -> None:
         self._tx = tx
-        self._id = entry_id
+        self._dialect = dialect
+        self._id = dialect.entries_id
         self.version = version
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -297,12 +298,29 @@ class Publication:
             [(self.version, entry) for entry in ids],
         )
 
-    def add(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
-        """Add (token, filter_key) entries as members from this version on."""
+    def add(self, rows: bytes, token_size: int, key_size: int) -> None:
+        """Add members from this version on: `rows` is their (token, filter key) pairs, each
+        token followed by its key, in the order to insert them (token order is fastest)."""
+        width = token_size + key_size
+        count = len(rows) // width
+        if not count:
+            return
+        if self._dialect.name == "sqlite":
+            # Cut from one blob by SQLite itself: no Python object per row, a third of the CPU.
+            self._tx.run(
+                "INSERT INTO entries (token, filter_key, added_in) "
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1) "
+                "SELECT substr(?2, i * ?3 + 1, ?4), substr(?2, i * ?3 + ?4 + 1, ?5), ?6 FROM n",
+                (count, rows, width, token_size, key_size, self.version),
+            )
+            return
         self._tx.load(
             "entries",
             ("token", "filter_key", "added_in"),
-            ((token, key, self.version) for token, key in entries),
+            (
+                (rows[i : i + token_size], rows[i + token_size : i + width], self.version)
+                for i in range(0, len(rows), width)
+            ),
         )
 
     def finish(self, record: VersionRecord, artifacts: dict[str, bytes]) -> None:

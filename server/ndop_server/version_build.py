@@ -62,8 +62,8 @@ def index_changed(base_index: bytes, added_tokens: bytes, withdrawn_tokens: byte
 def filter_whole(
     params: published.FilterParameters, values: np.ndarray, base_filter: bytes | None
 ) -> FilterArtifacts:
-    """The filter of keys with these slice values (every member's), its counts, and the delta
-    from `base_filter` when that has the same slices."""
+    """The filter of keys with these slice values (every member's, by slice), its counts, and
+    the delta from `base_filter` when that has the same slices."""
     counts, bits = BitCounts.from_slice_values(params, values)
     data = filter_builder.file_bytes(params, bits)
     delta = None
@@ -81,7 +81,7 @@ def filter_changed(
     withdrawn: np.ndarray,
 ) -> FilterArtifacts:
     """The base's filter with the added keys' bits counted in and the withdrawn keys' out
-    (slice values, one row per key); BaseMismatch if the base cannot be derived from."""
+    (slice values, by slice); BaseMismatch if the base cannot be derived from."""
     if not same_slices(base_filter, params):
         raise BaseMismatch("the base version's filter has other slices")
     try:
