@@ -54,8 +54,15 @@ class PostgresServer:
     def start(self) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(
-            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"),
-            "-w", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
