@@ -17,6 +17,7 @@ import pytest
 
 from ndop_core import settings
 from ndop_core.errors import UsageError
+from ndop_server.accounts import Accounts
 from tests.conftest import Register
 
 NDOP = [sys.executable, "-m", "ndop_client"]
@@ -135,3 +136,58 @@ def test_serve_without_a_store_says_every_way_to_give_one(register: Register) ->
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "ndop: give --store (or NDOP_STORE, or store in --config)"
+
+
+def test_check_takes_its_settings_from_the_environment(
+    register: Register, server: object, address: str, token: str, tmp_path: Path
+) -> None:
+    cohort = tmp_path / "cohort.dat"
+    cohort.write_text("".join(f"{int(v):010d},\n" for v in register.not_opted_out[:5]))
+    environment = {
+        **os.environ,
+        "NDOP_SERVER": address,
+        "NDOP_INSECURE": "true",
+        "NDOP_PURPOSE": "research",
+        "NDOP_MODE": "hashed",
+        "NDOP_TOKEN": token,
+    }
+    done = subprocess.run(
+        [*NDOP, "check", str(cohort), "--out", str(tmp_path / "cleared.dat")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mode hashed" in done.stdout
+    assert (tmp_path / "cleared.dat").read_text() == cohort.read_text()
+    environment["NDOP_MODE"] = "secret"
+    refused = subprocess.run(
+        [*NDOP, "check", str(cohort), "--out", str(tmp_path / "x.dat")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "ndop: NDOP_MODE must be one of: private, hashed"
+
+
+def test_a_reader_that_goes_away_is_not_an_error(register: Register) -> None:
+    """`ndop org list --json | head -c 1`: a closed pipe ends the command quietly. The list
+    is made longer than a pipe's buffer, so the writer really meets the closed pipe."""
+    with Accounts(register.location) as accounts:
+        for i in range(800):
+            accounts.add(f"org-{i:04d}")
+    listing = subprocess.Popen(
+        f"{sys.executable} -m ndop_client org list --json --store {register.location} | head -c 1",
+        shell=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, err = listing.communicate(timeout=60)
+    assert out == "["
+    assert err == ""

@@ -11,6 +11,7 @@ from ndop_client import report
 from ndop_client.client import MODES, Client
 from ndop_client.progress import for_stream
 from ndop_client.stall import DEFAULT_STALL_SECONDS
+from ndop_core import settings
 from ndop_core.cohort_files import FORMAT_CHOICES
 from ndop_core.errors import UsageError
 from ndop_core.input_stream import ENCODINGS, STDIN
@@ -40,7 +41,8 @@ def add_check_command(commands: Any) -> None:
         help="clear a cohort file of opted-out patients",
         description="Check a cohort (.dat, .csv, .tsv or one number per line, optionally "
         "gzipped; - for standard input) and write the rows that are valid and not opted out "
-        "to --out (- for standard output), in the same format.",
+        "to --out (- for standard output), in the same format. Every option can also come "
+        "from NDOP_<OPTION> in the environment (NDOP_SERVER, NDOP_CA_FILE, NDOP_PURPOSE, ...).",
     )
     parser.add_argument("input", metavar="INPUT")
     add_connection_options(parser)
@@ -75,6 +77,7 @@ def add_check_command(commands: Any) -> None:
     )
     parser.add_argument("--workers", type=int, help="processes for private mode (default: cores)")
     parser.set_defaults(handler=run_check)
+    settings.environment_defaults(parser)
 
 
 def _rate(text: str) -> float:

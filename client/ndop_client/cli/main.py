@@ -73,7 +73,11 @@ def _add_missing_server_commands(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except NdopError as exc:  # a bad NDOP_* setting in the environment
+        print(f"ndop: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
@@ -81,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NdopError as exc:
         print(f"ndop: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`ndop audit --json | head -1`): not an error of ndop's.
+        # Point stdout at /dev/null so that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("ndop: interrupted", file=sys.stderr)
         return 130
