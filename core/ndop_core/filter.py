@@ -2,7 +2,8 @@
 specifies it: a Bloom filter of the OPRF outputs F_k(x) of every opted-out number x.
 
 This module reads a published filter and tests keys against it with NumPy; it never imports
-pybloom-live (the server builds filters with it, and tests check that both agree bit for bit).
+pybloom-live. KeyHasher is also how the server hashes keys when it builds a filter (with NumPy,
+in ndop_server.filter_builder); tests check both against pybloom-live bit for bit.
 
     key        = lowercase hex of F_k(x)[:32], as 64 ASCII bytes
     header     = "<dQQQQ": error_rate, num_slices, bits_per_slice, capacity, count

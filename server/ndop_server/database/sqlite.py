@@ -21,6 +21,7 @@ from ndop_server.database.base import (
 )
 from ndop_server.errors import StoreError
 
+WAL_KEPT_BYTES: Final = 64 * 1024 * 1024
 DIALECT: Final = Dialect(
     name="sqlite",
     blob="BLOB",
@@ -99,6 +100,9 @@ class SqliteDatabase(Database):
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A load writes hundreds of megabytes through the WAL; once checkpointed, give the
+            # space back instead of keeping the file at its high-water mark.
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.DatabaseError as exc:
