@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ndop_client.cli.main import build_parser
 from ndop_core import settings
 from ndop_core.errors import UsageError
 from ndop_server.accounts import Accounts
@@ -191,3 +192,12 @@ def test_a_reader_that_goes_away_is_not_an_error(register: Register) -> None:
     out, err = listing.communicate(timeout=60)
     assert out == "["
     assert err == ""
+
+
+def test_the_readme_documents_every_setting() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in ("check", "serve"):
+        for action in settings._options(commands.choices[name]):
+            assert f"`{settings.variable(action)}`" in readme, settings.variable(action)
