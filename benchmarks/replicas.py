@@ -16,11 +16,8 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +36,7 @@ from ndop_server.register import Publisher
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
 from tests.postgres_server import PostgresServer
+from tests.serve_process import ServeProcess, start_serve
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 UNLIMITED: Final = Limits(
@@ -59,38 +57,10 @@ class Figure:
     server_cpu_seconds: float
 
 
-def _start_replica(store: str, keys_path: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ndop_client",
-            "serve",
-            "--store",
-            store,
-            "--keys",
-            str(keys_path),
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-            "--log-format",
-            "json",
-            "--max-checks-per-org",
-            "64",
-            "--drain-seconds",
-            "1",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        event = json.loads(line)
-        if event["event"] == "server.started":
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process, f"127.0.0.1:{event['port']}"
-    raise BenchmarkFailed("a replica did not start")
+def _start_replica(store: str, keys_path: Path) -> ServeProcess:
+    replica = start_serve(store, keys_path, "--max-checks-per-org", "64", "--drain-seconds", "1")
+    replica.keep_reading_log()
+    return replica
 
 
 def _client_loop(
@@ -138,12 +108,12 @@ def measure(
     try:
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
-        before = sum(_cpu_seconds(p.pid) for p, _ in servers)
+        before = sum(_cpu_seconds(s.process.pid) for s in servers)
         workers = [
             context.Process(
                 target=_client_loop,
                 args=(
-                    servers[i % replicas][1],
+                    servers[i % replicas].address,
                     token,
                     cohort,
                     expected,
@@ -162,11 +132,10 @@ def measure(
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.join()
-        used = sum(_cpu_seconds(p.pid) for p, _ in servers) - before
+        used = sum(_cpu_seconds(s.process.pid) for s in servers) - before
     finally:
-        for process, _ in servers:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+        for server in servers:
+            server.stop()
     if any(kind != "ok" for kind, _ in outcomes):
         raise BenchmarkFailed(f"a client got a wrong answer: {outcomes}")
     checks = sum(count for _, count in outcomes)

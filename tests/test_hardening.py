@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from ndop_server.audit_view import summarise
 from ndop_server.limits import RateLimiter
 from ndop_server.server import RunningServer, ServingLimits, start_server
 from tests.conftest import GENEROUS, Register
+from tests.serve_process import ServeProcess, start_serve
 
 TIMEOUT = 30.0
 NDOP = [sys.executable, "-m", "ndop_client"]
@@ -392,51 +392,8 @@ def test_the_token_bucket_on_a_clock_of_its_own() -> None:
 # --- nothing answered goes unaudited ------------------------------------------------------
 
 
-@dataclass
-class ServeProcess:
-    process: subprocess.Popen[str]
-    address: str
-    log: list[dict[str, Any]]
-
-
 def _serve_process(register: Register, *options: str) -> ServeProcess:
-    process = subprocess.Popen(
-        [
-            *NDOP,
-            "serve",
-            "--store",
-            str(register.store_path),
-            "--keys",
-            str(register.keys_path),
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-            "--log-format",
-            "json",
-            "--poll-seconds",
-            "0.1",
-            *options,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    lines: list[dict[str, Any]] = []
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(json.loads(line))
-        if lines[-1]["event"] == "server.started":
-            return ServeProcess(process, f"127.0.0.1:{lines[-1]['port']}", lines)
-    process.kill()
-    raise AssertionError(f"ndop serve did not start: {lines}")
-
-
-def _rest_of_log(served: ServeProcess) -> str:
-    assert served.process.stderr is not None
-    return served.process.stderr.read()
+    return start_serve(register.location, register.keys_path, "--poll-seconds", "0.1", *options)
 
 
 def test_kill_9_mid_check_leaves_a_row_showing_what_was_answered(register: Register) -> None:
@@ -491,7 +448,7 @@ def test_sigterm_drains_then_audits_what_it_cut_off_as_aborted(register: Registe
     finally:
         if served.process.poll() is None:
             served.process.kill()
-    log = _rest_of_log(served)
+    log = served.rest_of_log()
     assert "Traceback" not in log
     events = [json.loads(line)["event"] for line in log.splitlines() if line.strip()]
     assert events[-1] == "server.stopped"

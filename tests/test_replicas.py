@@ -5,12 +5,10 @@ on health and recovers by itself."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,69 +34,30 @@ from ndop_server.register import Publisher
 from ndop_server.store import Store
 from tests.conftest import GENEROUS, Register, make_register, write_numbers
 from tests.postgres_server import PostgresServer
+from tests.serve_process import ServeProcess, start_serve
 
 NDOP = [sys.executable, "-m", "ndop_client"]
 TIMEOUT = 60.0
 
 
-@dataclass
-class Replica:
-    process: subprocess.Popen[str]
-    address: str
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_replica(register: Register, *options: str) -> Replica:
-    process = subprocess.Popen(
-        [
-            *NDOP,
-            "serve",
-            "--store",
-            register.location,
-            "--keys",
-            str(register.keys_path),
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-            "--log-format",
-            "json",
-            "--poll-seconds",
-            "0.5",
-            "--drain-seconds",
-            "1",
-            *options,
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+def start_replica(register: Register, *options: str) -> ServeProcess:
+    replica = start_serve(
+        register.location,
+        register.keys_path,
+        "--poll-seconds",
+        "0.5",
+        "--drain-seconds",
+        "1",
+        *options,
     )
-    assert process.stderr is not None
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        event = json.loads(line)
-        if event["event"] == "server.started":
-            # Keep reading the log so the pipe never fills and blocks the server.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return Replica(process, f"127.0.0.1:{event['port']}")
-    process.kill()
-    raise AssertionError("a replica did not start")
+    replica.keep_reading_log()
+    return replica
 
 
 @dataclass
 class Deployment:
     register: Register
-    replicas: list[Replica]
+    replicas: list[ServeProcess]
     token: str
 
     @property

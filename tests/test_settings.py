@@ -5,12 +5,9 @@ sentence."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,7 @@ from ndop_core import settings
 from ndop_core.errors import UsageError
 from ndop_server.accounts import Accounts
 from tests.conftest import Register
-
-NDOP = [sys.executable, "-m", "ndop_client"]
+from tests.serve_process import NDOP, ServeProcess, watch_serve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,22 +71,8 @@ def test_a_file_fills_what_neither_the_command_line_nor_the_environment_gave(
         settings.apply_file(parser.parse_args([]), parser, config, {})
 
 
-def _started(process: subprocess.Popen[str]) -> dict[str, object]:
-    assert process.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        event = json.loads(line)
-        if event["event"] == "server.started":
-            return dict(event)
-    raise AssertionError("ndop serve did not start")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
+def _stop(served: ServeProcess) -> None:
+    assert served.stop() == 0
 
 
 def test_serve_starts_from_the_environment_alone(register: Register) -> None:
@@ -103,12 +85,13 @@ def test_serve_starts_from_the_environment_alone(register: Register) -> None:
         "NDOP_LOG_FORMAT": "json",
         "NDOP_IDLE_TIMEOUT": "7",
     }
-    process = subprocess.Popen([*NDOP, "serve"], env=environment, stderr=subprocess.PIPE, text=True)
+    served = watch_serve(
+        subprocess.Popen([*NDOP, "serve"], env=environment, stderr=subprocess.PIPE, text=True)
+    )
     try:
-        started = _started(process)
-        assert started["tls"] == "off" and started["register_version"] == 1
+        assert served.started["tls"] == "off" and served.started["register_version"] == 1
     finally:
-        _stop(process)
+        _stop(served)
 
 
 def test_serve_starts_from_a_settings_file(register: Register, tmp_path: Path) -> None:
@@ -117,13 +100,15 @@ def test_serve_starts_from_a_settings_file(register: Register, tmp_path: Path) -
         f'store = "{register.location}"\nkeys = "{register.keys_path}"\n'
         'listen = "127.0.0.1:0"\ninsecure = true\nlog-format = "json"\n'
     )
-    process = subprocess.Popen(
-        [*NDOP, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    served = watch_serve(
+        subprocess.Popen(
+            [*NDOP, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True
+        )
     )
     try:
-        assert _started(process)["register_version"] == 1
+        assert served.started["register_version"] == 1
     finally:
-        _stop(process)
+        _stop(served)
 
 
 def test_serve_without_a_store_says_every_way_to_give_one(register: Register) -> None:
