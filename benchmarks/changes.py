@@ -191,6 +191,7 @@ class ChangeBench:
         stages = _stages(timed)
         run.figures["load"] = {
             "seconds": timed.seconds,
+            "cpu_seconds": timed.cpu_seconds,
             "cores": timed.cores_used,
             "peak_rss": timed.peak_rss,
             "stages_seconds": stages,
@@ -204,11 +205,19 @@ class ChangeBench:
         watch = CpuWatch()
         oprf_key = keyfile.load(self.keys).oprf_key
         seconds = oprf_reference.seconds(oprf_key, data.register, self.workers)
-        oprf_disturbed = watch.stop().note(seconds)
+        usage = watch.stop()
+        oprf_disturbed = usage.note(seconds)
         run.figures["oprf_seconds"] = seconds
+        run.figures["oprf_cpu_seconds"] = usage.ours
         run.figures["oprf_disturbed"] = oprf_disturbed
         run.figures["load_over_oprf"] = timed.seconds / seconds
-        say(f"  {seconds:.1f} s: load / OPRF = {timed.seconds / seconds:.3f} {oprf_disturbed}")
+        # CPU seconds hardly move when other processes share the machine; wall seconds do.
+        run.figures["load_over_oprf_cpu"] = timed.cpu_seconds / usage.ours
+        say(
+            f"  {seconds:.1f} s: load / OPRF = {timed.seconds / seconds:.3f} wall, "
+            f"{timed.cpu_seconds / usage.ours:.3f} CPU ({timed.cpu_seconds:.0f} / "
+            f"{usage.ours:.0f} cpu-s) {oprf_disturbed}"
+        )
 
     def common(self) -> list[str]:
         workers = ["--workers", str(self.args.workers)] if self.args.workers else []
@@ -394,7 +403,8 @@ def table(run: Run) -> str:
         lines.append(
             f"load {load['seconds']:.1f} s ({_stage_text(load['stages_seconds'])})"
             + (
-                f"; OPRF alone {run.figures['oprf_seconds']:.1f} s, ratio {ratio:.3f}"
+                f"; OPRF alone {run.figures['oprf_seconds']:.1f} s, ratio {ratio:.3f} "
+                f"(CPU {run.figures['load_over_oprf_cpu']:.3f})"
                 if ratio
                 else ""
             )

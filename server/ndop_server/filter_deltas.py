@@ -4,7 +4,7 @@ Every version whose filter keeps its predecessor's slices stores its filter as a
 predecessor's (store.DELTA_ARTIFACT, kept for store.DELTAS_KEPT versions). A client's base is
 brought to the target through the chain of those deltas, composed into one; the result is sent
 only if it is smaller than the whole filter. Composed deltas are cached: most clients ask from
-the same few versions.
+the same few versions, within a bound on the memory they take.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import numpy as np
 from ndop_core import filter_delta
 from ndop_server.store import DELTA_ARTIFACT, Store, VersionRecord
 
-CACHED: Final = 8
+CACHED: Final = 16
+CACHED_BYTES: Final = 16 * 1024 * 1024
+"""A daily delta at 3.5 million entries is about 0.4 MB; this holds weeks of them."""
 
 
 class FilterDeltas:
@@ -41,11 +43,16 @@ class FilterDeltas:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         found = self._compose(base_version, base_sha256, target)
+        if found is not None and len(found) > CACHED_BYTES:
+            return found
         with self._lock:
             self._cache[key] = found
-            while len(self._cache) > CACHED:
+            while len(self._cache) > CACHED or self._cached_bytes() > CACHED_BYTES:
                 self._cache.popitem(last=False)
         return found
+
+    def _cached_bytes(self) -> int:
+        return sum(len(data) for data in self._cache.values() if data is not None)
 
     def _compose(
         self, base_version: int, base_sha256: bytes, target: VersionRecord
@@ -73,5 +80,8 @@ class FilterDeltas:
             size += len(data)
             if size > 4 * target.filter_size:
                 return None  # so much has changed that composing cannot pay
-        data = filter_delta.encode(base_sha256, header, filter_delta.compose(flips))
+        if len(flips) == 1:
+            data = stored[target.version]  # the stored delta itself: nothing to compose
+        else:
+            data = filter_delta.encode(base_sha256, header, filter_delta.compose(flips))
         return data if len(data) < target.filter_size else None

@@ -139,13 +139,11 @@ class _Plan:
 
     @property
     def unchanged(self) -> bool:
+        """Nothing enters, nothing leaves, and a version exists already (a first version is
+        published even when empty: no version and an empty one are not the same)."""
         change = self.change
-        return (
-            self.base is not None
-            and not change.rekey
-            and not len(change.values)
-            and not (change.withdrawn)
-        )
+        nothing = not len(change.values) and not change.withdrawn and not change.rekey
+        return self.base is not None and nothing
 
 
 @dataclass
