@@ -131,7 +131,9 @@ def test_evaluate_naming_no_held_version_is_refused_before_any_work(
 def test_evaluate_naming_a_version_no_longer_held_is_refused(
     register: Register, server: RunningServer, address: str, auth_metadata: Metadata, tmp_path: Path
 ) -> None:
-    _publish_removal(register, tmp_path, register.opted_out[:5], "first.dat")
+    # The server holds the version it serves and the one it served before: once it has
+    # served 2 and then 3, version 1 is gone.
+    _wait_for(server, _publish_removal(register, tmp_path, register.opted_out[:5], "first.dat"))
     latest = _publish_removal(register, tmp_path, register.opted_out[5:10], "second.dat")
     _wait_for(server, latest)
     requests = iter([ndop_pb2.EvaluateRequest(context=_context(1))])

@@ -44,14 +44,22 @@ def match_hashed(
         len(values), min(HASHED_BATCH_ITEMS, info.max_batch_items or HASHED_BATCH_ITEMS)
     )
 
+    request_error: list[BaseException] = []
+
     def requests() -> Iterator[ndop_pb2.HashedCheckRequest]:
-        yield ndop_pb2.HashedCheckRequest(context=context)
-        for batch_id, (start, end) in enumerate(bounds):
-            digests = hasher.digest_packed(canonical_bytes(values[start:end]))
-            submitted.update(digests)
-            watch.expect()
-            yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
-        watch.expect()  # the summary
+        # gRPC reports an exception raised here only as "Exception iterating requests";
+        # keep it so the caller sees what really went wrong.
+        try:
+            yield ndop_pb2.HashedCheckRequest(context=context)
+            for batch_id, (start, end) in enumerate(bounds):
+                digests = hasher.digest_packed(canonical_bytes(values[start:end]))
+                submitted.update(digests)
+                watch.expect()
+                yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
+            watch.expect()  # the summary
+        except Exception as exc:
+            request_error.append(exc)
+            raise
 
     opted_out = np.zeros(len(values), dtype=bool)
     answered = 0
@@ -77,6 +85,8 @@ def match_hashed(
                 progress.advance(end - start)
     except BaseException:
         call.cancel()
+        if request_error:
+            raise request_error[0] from None
         raise
     finally:
         progress.finish()

@@ -211,6 +211,9 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 if not session.purpose:
                     raise CheckRefused("a check must open with its context: purpose and request id")
                 if not context.is_active():
+                    # gRPC may end the request stream of a cancelled call as if the client
+                    # had finished it; a stream the watchdog closed is still an idle one.
+                    outcome = IDLE_TIMEOUT if watch.timed_out else CANCELLED
                     return
                 yield summary(
                     ndop_pb2.CheckSummary(
