@@ -458,14 +458,15 @@ def _kept(entries: Iterable[Entry], withdrawn: list[Entry]) -> _Kept:
 
 
 def _in_token_order(tokens: bytes, keys: bytes) -> bytes:
-    """Each token followed by its filter key, sorted by token: B-tree inserts of sorted keys
-    run about twice as fast as random ones."""
+    """Each token followed by its filter key, ordered by the token's first 8 bytes: B-tree
+    inserts of sorted keys run about twice as fast as random ones (nearly sorted is enough)."""
     count = len(tokens) // TOKEN_SIZE
-    words = np.frombuffer(tokens, dtype=">u8").reshape(count, 2)
-    order = np.lexsort((words[:, 1], words[:, 0]))
+    order = np.argsort(np.frombuffer(tokens, dtype=">u8")[::2].astype(np.uint64))
     rows = np.empty((count, TOKEN_SIZE + published_filter.KEY_BYTES), dtype=np.uint8)
-    rows[:, :TOKEN_SIZE] = np.frombuffer(tokens, dtype=np.uint8).reshape(count, TOKEN_SIZE)[order]
-    rows[:, TOKEN_SIZE:] = np.frombuffer(keys, dtype=np.uint8).reshape(
-        count, published_filter.KEY_BYTES
-    )[order]
+    for columns, packed, size in (
+        (slice(0, TOKEN_SIZE), tokens, TOKEN_SIZE),
+        (slice(TOKEN_SIZE, None), keys, published_filter.KEY_BYTES),
+    ):
+        records = np.frombuffer(packed, dtype=f"V{size}")[order]
+        rows[:, columns] = records.view(np.uint8).reshape(count, size)
     return rows.tobytes()
