@@ -121,6 +121,11 @@ def test_derived_versions_are_whole_builds(store_location: str, tmp_path: Path) 
             )
         apply("v6", later[100:110], first[170:180])
         assert has_delta(6)
+        # No counts at all (a store from before they were kept): built whole, still a delta.
+        with store.db.transaction() as tx:
+            tx.run("DELETE FROM artifacts WHERE kind = ?", (COUNTS_ARTIFACT,))
+        apply("v7", later[110:115], first[180:185])
+        assert has_delta(7)
 
 
 def test_nothing_changed_publishes_nothing(store_location: str, tmp_path: Path) -> None:
