@@ -3,7 +3,9 @@ capacity and keys (docs/protocol.md, "The filter, exactly"; tests compare the tw
 
 Bit positions come from `ndop_core.filter.KeyHasher`, the code clients test keys with, so the
 hashing exists once. Building is: the slice values v_j of every key (in worker processes for
-large registers), how many keys set each bit (`BitCounts`), then the bits that are set.
+large registers), how many keys set each bit (`BitCounts`), then the bits that are set. Every
+type is explicitly little-endian, so the file is the same on any machine (pybloom-live itself
+writes native order).
 
 pybloom-live fixes its parameters from capacity and error rate, and ndop publishes at error
 rate 1e-9; `capacity_for` chooses the capacity (see docs/protocol.md, "Capacity"): it keeps the
@@ -16,7 +18,6 @@ delta.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Final
 
 import numpy as np
@@ -54,16 +55,6 @@ def parameters(capacity: int, count: int = 0) -> published.FilterParameters:
     num_slices = math.ceil(math.log(1.0 / rate, 2))
     bits_per_slice = math.ceil((capacity * abs(math.log(rate))) / (num_slices * math.log(2) ** 2))
     return published.FilterParameters(rate, num_slices, bits_per_slice, capacity, count)
-
-
-def require_little_endian() -> None:
-    """The published format is little-endian; pybloom-live, which defined it, writes native
-    order, so refuse to build where the two would disagree."""
-    if sys.byteorder != "little":
-        raise ConfigurationError(
-            "filters can only be built on a little-endian machine: the format follows "
-            "pybloom-live, which writes native order"
-        )
 
 
 def hex_keys(raw_keys: bytes) -> list[bytes]:
