@@ -28,12 +28,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+CLIENT_COMMANDS = ("check", "receipt")
+
+
+def build_parser(operator_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `operator_commands` only the client's own commands,
+    which is all `ndop check` needs (the server's package takes longer to import than a
+    small check takes to run)."""
     parser = _Parser(prog="ndop", description="National data opt-out matching service.")
     parser.add_argument("--version", action="version", version=f"ndop {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_check_command(commands)
     add_receipt_command(commands)
+    if not operator_commands:
+        return parser
     for plugin in entry_points(group="ndop.commands"):
         try:
             register = plugin.load()
@@ -73,8 +81,9 @@ def _add_missing_server_commands(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
+        parser = build_parser(operator_commands=not words or words[0] not in CLIENT_COMMANDS)
     except NdopError as exc:  # a bad NDOP_* setting in the environment
         print(f"ndop: {exc}", file=sys.stderr)
         return exc.exit_code
