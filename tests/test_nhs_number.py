@@ -338,3 +338,13 @@ def test_canonical_keeps_leading_zeros() -> None:
     assert canonical(18) == "0000000018"
     assert canonical_bytes(np.array([18], dtype=np.int64)) == b"0000000018"
     assert canonical_bytes(np.empty(0, dtype=np.int64)) == b""
+
+
+@PROPERTY
+@given(
+    st.lists(st.integers(0, 9_999_999_999), max_size=50),
+    st.sampled_from([b"", b",", b",\r\n", b",\n"]),
+)
+def test_canonical_bytes_is_each_value_zero_padded(values: list[int], suffix: bytes) -> None:
+    blob = canonical_bytes(np.array(values, dtype=np.int64), suffix)
+    assert blob == b"".join(f"{value:010d}".encode() + suffix for value in values)

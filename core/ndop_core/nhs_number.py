@@ -11,6 +11,7 @@ Reasons never quote the input: they go into reports and logs.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -187,13 +188,29 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
+@functools.cache
+def _five_digits() -> np.ndarray:
+    """The five ASCII digits of every number below 100,000, one 5-byte item each."""
+    numbers = np.arange(100_000, dtype=np.int64)[:, None]
+    digits = ((numbers // _POWERS_OF_TEN[5:]) % 10 + 48).astype(np.uint8)
+    return digits.view("V5").ravel()
+
+
 def canonical_bytes(values: np.ndarray, suffix: bytes = b"") -> bytes:
-    """Concatenated ten-byte ASCII canonical forms of int64 values, each followed by `suffix`."""
-    digits = ((values[:, None] // _POWERS_OF_TEN) % 10 + 48).astype(np.uint8)
+    """Concatenated ten-byte ASCII canonical forms of int64 values (NHS numbers, below
+    10^10), each followed by `suffix`."""
+    # Two lookups of five digits each: ten divisions per number cost ten times as much.
+    high, low = np.divmod(np.asarray(values, dtype=np.int64), 100_000)
+    fields = [("high", "V5"), ("low", "V5")]
     if suffix:
-        tail = np.frombuffer(suffix, dtype=np.uint8)
-        digits = np.hstack([digits, np.broadcast_to(tail, (len(values), len(tail)))])
-    return digits.tobytes()
+        fields.append(("suffix", f"V{len(suffix)}"))
+    rows = np.empty(len(high), dtype=fields)
+    table = _five_digits()
+    rows["high"] = table[high]
+    rows["low"] = table[low]
+    if suffix:
+        rows["suffix"] = np.frombuffer(suffix, dtype=f"V{len(suffix)}")[0]
+    return rows.tobytes()
 
 
 def canonical(value: int) -> str:
