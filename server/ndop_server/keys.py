@@ -3,6 +3,10 @@
 A copy of the store without this file cannot be used to test whether a number opted out: the
 store only holds values keyed with `store_key` or the OPRF key. The file is JSON, written with
 mode 0600 and refused when other users can read it.
+
+Format ndop-keys/2 says the store's tokens are ndop-token-v2 (ndop_server.tokens); a file in
+ndop-keys/1 was made before, and its store key stays a LegacyStoreKey (ndop-token-v1 tokens)
+until `ndop keys rotate --register` replaces it, so that a store keeps the tokens it holds.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from ndop_core.crypto import oprf
 from ndop_core.hashing import SALT_SIZE
 from ndop_server.audit_chain import audit_key
 from ndop_server.errors import ConfigurationError
+from ndop_server.tokens import LegacyStoreKey
 
-FORMAT: Final = "ndop-keys/1"
+FORMAT: Final = "ndop-keys/2"
+LEGACY_FORMAT: Final = "ndop-keys/1"
 
 
 def _b64(data: bytes) -> str:
@@ -95,7 +101,7 @@ class RegisterKeys:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
+            "format": LEGACY_FORMAT if isinstance(self.store_key, LegacyStoreKey) else FORMAT,
             "register_id": self.register_id,
             "created_at": self.created_at,
             "salt": _b64(self.salt),
@@ -108,14 +114,17 @@ class RegisterKeys:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RegisterKeys:
-        if data.get("format") != FORMAT:
+        if data.get("format") not in (FORMAT, LEGACY_FORMAT):
             raise ConfigurationError(f"the keys file is not in format {FORMAT}")
         try:
+            store_key = base64.b64decode(data["store_key"], validate=True)
             return cls(
                 register_id=str(data["register_id"]),
                 created_at=str(data["created_at"]),
                 salt=base64.b64decode(data["salt"], validate=True),
-                store_key=base64.b64decode(data["store_key"], validate=True),
+                store_key=(
+                    LegacyStoreKey(store_key) if data["format"] == LEGACY_FORMAT else store_key
+                ),
                 oprf_key=base64.b64decode(data["oprf_key"], validate=True),
                 signing_seed=base64.b64decode(data["signing_key"], validate=True),
                 retired_signing_keys=tuple(
