@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
@@ -17,6 +17,7 @@ import structlog
 from ndop_server.errors import StoreError
 from ndop_server.filter_deltas import FilterDeltas
 from ndop_server.locations import StoreLocation
+from ndop_server.membership import SortedKeys
 from ndop_server.store import FILTER_ARTIFACT, INDEX_ARTIFACT, Store, VersionRecord
 
 log = structlog.get_logger("ndop.server")
@@ -27,6 +28,10 @@ class RegisterView:
     record: VersionRecord
     index: np.ndarray
     filter_bytes: bytes
+    lookup: SortedKeys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lookup", SortedKeys(self.index))
 
     @property
     def version(self) -> int:
@@ -34,11 +39,7 @@ class RegisterView:
 
     def members(self, keys: np.ndarray) -> np.ndarray:
         """Which of `keys` (64-bit token prefixes) are in this version."""
-        if len(self.index) == 0:
-            return np.zeros(len(keys), dtype=bool)
-        positions = np.searchsorted(self.index, keys)
-        positions[positions == len(self.index)] = 0
-        return np.asarray(self.index[positions] == keys)
+        return self.lookup.contains(keys)
 
 
 def load_view(store: Store, record: VersionRecord) -> RegisterView:
