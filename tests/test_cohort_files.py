@@ -494,19 +494,19 @@ def test_output_replaced_atomically_and_kept_when_writing_fails(
     cohort_path.write_text(f"{a},\n")
     out = tmp_path / "out.dat"
     out.write_text("previous result\n")
-    original = ClearedWriter.write
+    original = ClearedWriter.write_numbers  # how .dat rows are written
 
-    def failing_write(self: ClearedWriter, chunk: Chunk, keep: np.ndarray, v: np.ndarray) -> None:
-        original(self, chunk, keep, v)
+    def failing_write(self: ClearedWriter, values: np.ndarray) -> None:
+        original(self, values)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ClearedWriter, "write", failing_write)
+    monkeypatch.setattr(ClearedWriter, "write_numbers", failing_write)
     with pytest.raises(OSError):
         check_file(CohortFile(cohort_path), out, SetMatcher(set()), "hashed")
     assert out.read_text() == "previous result\n"
     assert leftovers(tmp_path, {"c.dat", "out.dat"}) == set()
 
-    monkeypatch.setattr(ClearedWriter, "write", original)
+    monkeypatch.setattr(ClearedWriter, "write_numbers", original)
     check_file(CohortFile(cohort_path), out, SetMatcher(set()), "hashed")
     assert out.read_text() == f"{a},\n"
     assert leftovers(tmp_path, {"c.dat", "out.dat"}) == set()

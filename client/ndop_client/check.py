@@ -21,7 +21,7 @@ from ndop_client.cleared import ClearedWriter
 from ndop_client.column_values import ColumnTexts
 from ndop_client.matching import MatchOutcome
 from ndop_client.results import CheckResult, Tally
-from ndop_core.cohort_files import CohortFile, InvalidRows, invalid_rows, read_chunk
+from ndop_core.cohort_files import CohortFile, Format, InvalidRows, invalid_rows
 from ndop_core.errors import InputError
 from ndop_core.nhs_number import INVALID, InvalidReason, parse_column
 
@@ -162,8 +162,7 @@ def read_file(cohort: CohortFile) -> Validated:
     value_chunks: list[np.ndarray] = []
     blank_chunks: list[np.ndarray] = []
     checked = Validated(np.empty(0, dtype=np.int64), np.empty(0, dtype=bool))
-    for chunk in cohort.chunks():
-        parsed = read_chunk(chunk)
+    for parsed in cohort.parsed_chunks():
         value_chunks.append(parsed.values)
         blank_chunks.append(parsed.blank)
         checked.invalid.add(parsed.invalid)
@@ -172,6 +171,19 @@ def read_file(cohort: CohortFile) -> Validated:
         checked.values = np.concatenate(value_chunks)
         checked.blank = np.concatenate(blank_chunks)
     return checked
+
+
+def _write_rows(
+    cohort: CohortFile, writer: ClearedWriter, keep: np.ndarray, values: np.ndarray
+) -> None:
+    """The kept rows as the input wrote them, from a second pass over the input."""
+    offset = 0
+    for chunk in cohort.chunks():
+        end = offset + len(chunk.texts)
+        writer.write(chunk, keep[offset:end], values[offset:end])
+        offset = end
+    if offset != len(values):
+        raise InputError(f"{cohort.name} changed while it was being checked")
 
 
 def check_file(
@@ -194,13 +206,11 @@ def check_file(
     keep = (values != INVALID) & ~classified.opted_out
     writer = ClearedWriter(cohort, out)
     try:
-        offset = 0
-        for chunk in cohort.chunks():
-            end = offset + len(chunk.texts)
-            writer.write(chunk, keep[offset:end], values[offset:end])
-            offset = end
-        if offset != len(values):
-            raise InputError(f"{cohort.name} changed while it was being checked")
+        if cohort.format is Format.DAT:
+            # Cleared .dat rows are written canonically: nothing of the input is read again.
+            writer.write_numbers(values[keep])
+        else:
+            _write_rows(cohort, writer, keep, values)
     except BaseException:
         writer.abort()
         raise

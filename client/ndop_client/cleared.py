@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from ndop_core.cohort_files import Chunk, CohortFile, Format
 from ndop_core.errors import InputError
 from ndop_core.input_stream import STDIN
 from ndop_core.nhs_number import canonical_bytes
+
+_ROWS_AT_ONCE: Final = 1 << 20
 
 
 class ClearedWriter:
@@ -60,6 +62,17 @@ class ClearedWriter:
     def write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
         """Write the rows of `chunk` where `keep` is true; `values` are the rows' numbers."""
         self._guarded(lambda: self._write(chunk, keep, values))
+
+    def write_numbers(self, values: np.ndarray) -> None:
+        """Write .dat rows (`NNNNNNNNNN,`) for these numbers, in order."""
+        suffix = f",{self._cohort.newline}".encode("ascii")
+
+        def write() -> None:
+            self._handle.flush()
+            for start in range(0, len(values), _ROWS_AT_ONCE):
+                self._binary.write(canonical_bytes(values[start : start + _ROWS_AT_ONCE], suffix))
+
+        self._guarded(write)
 
     def _write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
         positions = np.flatnonzero(keep).tolist()

@@ -30,11 +30,14 @@ from ndop_core.errors import InputError
 from ndop_core.input_stream import (
     STDIN,
     ByteSource,
+    decode_lines,
     decompressed,
     describe,
     encoding_named,
-    text_lines,
+    line_blocks,
+    lines_of,
 )
+from ndop_core.line_numbers import Decode, parse_lines
 from ndop_core.nhs_number import InvalidReason, parse_column
 
 CHUNK_ROWS: Final = 65536
@@ -126,13 +129,15 @@ class CohortFile:
         self.newline = "\n"
         self._source = ByteSource(path)
         try:
-            self._pending: Iterator[str] | None = self._lines()
-            first = next(self._pending, "")
+            self._pending: Iterator[bytes] | None = self._blocks()
+            block = next(self._pending, b"")
+            first_end = block.find(b"\n") + 1 or len(block)
+            first = decode_lines(block[:first_end], self.encoding, self.name, 0)
         except BaseException:
             self._source.close()
             raise
-        if first:
-            self._pending = itertools.chain([first], self._pending)
+        if block:
+            self._pending = itertools.chain([block], self._pending)
         if first.endswith("\r\n"):
             self.newline = "\r\n"
         chosen = _chosen_format(format) if format else detect_format(path)
@@ -144,6 +149,11 @@ class CohortFile:
             self._source.close()
             raise InputError("--column only applies to .csv and .tsv input")
 
+    @property
+    def size(self) -> int | None:
+        """Bytes in the input when it is a regular file (compressed, if it is); None otherwise."""
+        return self._source.size
+
     def __enter__(self) -> CohortFile:
         return self
 
@@ -153,9 +163,16 @@ class CohortFile:
     def close(self) -> None:
         self._source.close()
 
-    def _lines(self) -> Iterator[str]:
+    def _blocks(self) -> Iterator[bytes]:
+        """The input in blocks of whole lines (see input_stream.line_blocks)."""
         blocks = decompressed(self._source.blocks(), self.name)
-        return itertools.chain.from_iterable(text_lines(blocks, self.encoding, self.name))
+        return line_blocks(blocks, self.encoding, self.name)
+
+    def _take_blocks(self) -> Iterator[bytes]:
+        """The blocks the first read left, or the whole input again."""
+        blocks = self._pending if self._pending is not None else self._blocks()
+        self._pending = None
+        return blocks
 
     def _choose_column(self, first_line: str, column: str | None) -> None:
         header = next(csv.reader([first_line], delimiter=self.delimiter), [])
@@ -191,8 +208,8 @@ class CohortFile:
         self.column_name = names[self._column_index]
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[Chunk]:
-        lines = self._pending if self._pending is not None else self._lines()
-        self._pending = None
+        blocks = self._take_blocks()
+        lines = itertools.chain.from_iterable(lines_of(blocks, self.encoding, self.name))
         try:
             if self.format is Format.CSV:
                 yield from self._csv_chunks(lines, size)
@@ -200,6 +217,28 @@ class CohortFile:
                 yield from self._line_chunks(lines, size)
         except csv.Error as exc:
             raise InputError(f"{self.name} is not valid CSV: {exc}") from None
+
+    def parsed_chunks(self) -> Iterator[ParsedChunk]:
+        """Every row's number, as `read_chunk` gives them for `chunks()`; .dat and text input
+        straight from its bytes, without a Python object per row."""
+        if self.format is Format.CSV:
+            yield from map(read_chunk, self.chunks())
+            return
+        lines_before = 0
+        for block in self._take_blocks():
+            parsed = parse_lines(block, self._decoder(lines_before))
+            rows = len(parsed.values)
+            blank = _blank_lines(parsed.reasons, rows)
+            line_numbers = range(lines_before + 1, lines_before + rows + 1)
+            invalid = invalid_rows(parsed.reasons, line_numbers, blank)
+            yield ParsedChunk(parsed.values, blank, invalid, parsed.float_exports)
+            lines_before += rows
+
+    def _decoder(self, lines_before: int) -> Decode:
+        def decode(line: bytes, position: int) -> str:
+            return decode_lines(line, self.encoding, self.name, lines_before + position)
+
+        return decode
 
     def _line_chunks(self, lines: Iterator[str], size: int) -> Iterator[Chunk]:
         first_line = 1
@@ -288,12 +327,18 @@ def read_chunk(chunk: Chunk) -> ParsedChunk:
     parsed = parse_column(chunk.texts)
     reasons = parsed.reasons
     if chunk.blank is None:
-        blank = np.zeros(len(parsed.values), dtype=bool)
-        blank[[p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]] = True
+        blank = _blank_lines(reasons, len(parsed.values))
     else:
         blank = np.asarray(chunk.blank, dtype=bool)
     invalid = invalid_rows(reasons, chunk.line_numbers, blank)
     return ParsedChunk(parsed.values, blank, invalid, parsed.float_exports)
+
+
+def _blank_lines(reasons: dict[int, InvalidReason], rows: int) -> np.ndarray:
+    """Which of a line format's rows are blank lines (blank, not invalid)."""
+    blank = np.zeros(rows, dtype=bool)
+    blank[[p for p, reason in reasons.items() if reason is InvalidReason.EMPTY]] = True
+    return blank
 
 
 def parse_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, list[InvalidRow]]:

@@ -39,7 +39,7 @@ ENCODINGS: Final = {
     "windows-1252": "cp1252",
 }
 _GZIP_MAGIC: Final = b"\x1f\x8b"
-_LINE: Final = re.compile(r"[^\n]*\n")
+_LINE: Final = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 
 def encoding_named(name: str) -> str:
@@ -64,6 +64,11 @@ class ByteSource:
         self._seekable = _is_regular(self._stream)
         self._spool: IO[bytes] | None = None
         self._passes = 0
+
+    @property
+    def size(self) -> int | None:
+        """Bytes in the input when it is a regular file; None for a pipe or standard input."""
+        return os.fstat(self._stream.fileno()).st_size if self._seekable else None
 
     def blocks(self) -> Iterator[bytes]:
         """Every byte of the input, in blocks; the second and later calls replay it."""
@@ -164,9 +169,9 @@ def _gunzip(first: bytes, rest: Iterator[bytes], name: str) -> Iterator[bytes]:
         raise InputError(f"{name} is a truncated gzip file")
 
 
-def text_lines(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[list[str]]:
-    """Lines with their LF (the last may have none), a list per block; InputError names the
-    line that is too long or not in `encoding`."""
+def line_blocks(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[bytes]:
+    """The input again in blocks that each end with a whole line (the last may lack its LF),
+    a UTF-8 BOM dropped; InputError names the line that is too long."""
     carry = b""
     line_number = 0
     first = True
@@ -184,15 +189,30 @@ def text_lines(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[li
                 "this does not look like a cohort file"
             )
         if cut:
-            text = _decode(data[:cut], encoding, name, line_number)
-            lines = _LINE.findall(text)
-            line_number += len(lines)
-            yield lines
+            line_number += data.count(b"\n", 0, cut)
+            yield data[:cut]
     if carry:
-        yield [_decode(carry, encoding, name, line_number)]
+        yield carry
 
 
-def _decode(data: bytes, encoding: str, name: str, lines_before: int) -> str:
+def text_lines(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[list[str]]:
+    """Lines with their LF (the last may have none), a list per block; InputError names the
+    line that is too long or not in `encoding`."""
+    return lines_of(line_blocks(blocks, encoding, name), encoding, name)
+
+
+def lines_of(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[list[str]]:
+    """`text_lines` of blocks that `line_blocks` made."""
+    line_number = 0
+    for block in blocks:
+        lines = _LINE.findall(decode_lines(block, encoding, name, line_number))
+        line_number += len(lines)
+        yield lines
+
+
+def decode_lines(data: bytes, encoding: str, name: str, lines_before: int) -> str:
+    """`data`, whole lines that follow `lines_before` others, as text; InputError names the
+    first line that is not in `encoding`."""
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:

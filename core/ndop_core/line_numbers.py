@@ -1,0 +1,68 @@
+"""NHS numbers of lines of bytes, one number a line, read with NumPy: no Python object per row.
+
+A line that is exactly ten digits, optionally followed by the CfNDO comma, then CR LF or LF
+(or nothing, at the end of the input) is read and its check digit tested in bulk. Any other
+line (blank, spaced, hyphenated, a decimal export, not digits, a wrong check digit) is decoded
+alone and goes through `nhs_number.parse`, so every row gets the answer and reason `parse`
+would give it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import numpy as np
+
+from ndop_core.nhs_number import (
+    _POWERS_OF_TEN,
+    _WEIGHT_VECTOR,
+    INVALID,
+    InvalidReason,
+    ParsedColumn,
+    is_float_export,
+    parse,
+)
+
+_LF: Final = 10
+_CR: Final = 13
+_COMMA: Final = 44
+_ZERO: Final = 48
+_OFFSETS: Final = np.arange(10)
+
+Decode = Callable[[bytes, int], str]
+"""(one line's bytes, how many lines come before it in the block) -> its text"""
+
+
+def parse_lines(block: bytes, decode: Decode) -> ParsedColumn:
+    """Each line of `block` (whole lines; the last may lack its LF) as a number, INVALID with
+    a reason where it holds none; positions count lines from the block's first."""
+    if not block:
+        return ParsedColumn(np.empty(0, dtype=np.int64), {}, [])
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == _LF)
+    if data[-1] != _LF:
+        ends = np.append(ends, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    stops = ends.copy()
+    stops -= (stops > starts) & (data[stops - 1] == _CR)
+    stops -= (stops > starts) & (data[stops - 1] == _COMMA)
+    values = np.full(len(starts), INVALID, dtype=np.int64)
+    plain = np.flatnonzero(stops - starts == 10)
+    digits = data[starts[plain, None] + _OFFSETS] - np.uint8(_ZERO)
+    check = 11 - (digits[:, :9] @ _WEIGHT_VECTOR) % 11
+    check[check == 11] = 0
+    valid = (digits <= 9).all(axis=1) & (check == digits[:, 9])
+    values[plain[valid]] = digits[valid] @ _POWERS_OF_TEN
+    reasons: dict[int, InvalidReason] = {}
+    exports: list[int] = []
+    for position in np.flatnonzero(values == INVALID).tolist():
+        text = decode(block[starts[position] : ends[position] + 1], position)
+        result = parse(text)
+        if isinstance(result, InvalidReason):
+            reasons[position] = result
+        else:
+            values[position] = int(result)
+            if is_float_export(text):
+                exports.append(position)
+    return ParsedColumn(values, reasons, exports)
