@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -24,7 +24,6 @@ from ndop_client.column_values import as_sequence, texts_of
 from ndop_client.filter_cache import default_cache_dir
 from ndop_client.hashed_mode import match_hashed
 from ndop_client.matching import MatchOutcome
-from ndop_client.private_mode import PrivateResources, match_private
 from ndop_client.progress import Progress, ProgressChoice, chosen_progress
 from ndop_client.register_info import RegisterInfo
 from ndop_client.replicas import ReplicaSet
@@ -38,6 +37,11 @@ from ndop_core.purposes import PURPOSES
 from ndop_core.worker_pool import WorkerPool
 
 Answer = TypeVar("Answer")
+HASH_IN_WORKERS_FROM: Final = 200_000
+"""Hashed checks of this many numbers or more are hashed in the worker processes, on every
+core; below it, starting them costs more than it saves."""
+_BYTES_PER_ROW: Final = 13
+"""What a row of a cohort file takes at least, roughly (a .dat row is 13 bytes with CRLF)."""
 Mode = Literal["private", "hashed"]
 MODES: tuple[Mode, ...] = ("private", "hashed")
 
@@ -96,6 +100,7 @@ class Client:
             client_key=Path(client_key) if client_key else None,
         )
         self._pool: WorkerPool | None = None
+        self._hashing_pool: WorkerPool | None = None
         self._replicas = ReplicaSet(server, self._tls)
 
     def __enter__(self) -> Client:
@@ -114,9 +119,10 @@ class Client:
 
     def close(self) -> None:
         self._replicas.close()
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._hashing_pool):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        self._pool = self._hashing_pool = None
 
     def info(self) -> RegisterInfo:
         """The register version the server is answering from, and its parameters (from the
@@ -158,6 +164,7 @@ class Client:
         `progress`: None shows a bar in a notebook or on a terminal, False nothing; or pass a
         tqdm-like class or an object with start/advance/finish."""
         inputs = as_sequence(numbers)
+        self._warm_up(mode, len(inputs))
         matcher = self._matcher(mode, purpose, chosen_progress(progress))
         return check_column(inputs, texts_of(inputs), matcher, mode, max_invalid_rate)
 
@@ -183,6 +190,7 @@ class Client:
         paths = report.OutputPaths.of(input_path, out, report_path, receipt_path)
         declared = self._declared(purpose)
         with CohortFile(input_path, column, encoding=encoding, format=format) as cohort:
+            self._warm_up(mode, (cohort.size or 0) // _BYTES_PER_ROW)
             matcher = self._matcher(mode, declared, chosen_progress(progress))
             check = check_file(cohort, out, matcher, mode, max_invalid_rate=max_invalid_rate)
         check.report = report.save(check, declared, paths)
@@ -227,6 +235,7 @@ class Client:
             info = self._info()
             with self._rpc_errors():
                 if mode == "hashed":
+                    in_workers = self._hashes_in_workers(len(unique_values))
                     return match_hashed(
                         self._stub,
                         info,
@@ -235,6 +244,8 @@ class Client:
                         self._metadata,
                         progress,
                         self._watch(),
+                        self._hash_pool() if in_workers else None,
+                        self._workers - 1,
                     )
                 try:
                     return self._match_private(info, unique_values, context, progress)
@@ -253,6 +264,9 @@ class Client:
         context: ndop_pb2.CheckContext,
         progress: Progress,
     ) -> MatchOutcome:
+        # Imported here: libsodium and the filter code load in ~30 ms that hashed mode saves.
+        from ndop_client.private_mode import PrivateResources, match_private
+
         return match_private(
             self._stub,
             info,
@@ -265,6 +279,23 @@ class Client:
 
     def _watch(self) -> StallPolicy:
         return StallPolicy(self.stall_timeout, self._address)
+
+    def _hashes_in_workers(self, numbers: int) -> bool:
+        return self._workers > 1 and numbers >= HASH_IN_WORKERS_FROM
+
+    def _warm_up(self, mode: Mode, rows: int) -> None:
+        """Start the worker processes a check will use while it reads its input."""
+        if mode == "private":
+            self._process_pool().start(preload=("ndop_client.private_workers",))
+        elif mode == "hashed" and self._hashes_in_workers(rows):
+            self._hash_pool().start(preload=("ndop_core.hashing",))
+
+    def _hash_pool(self) -> WorkerPool:
+        """Hashed mode's workers: one core fewer than private mode's, since this process hashes
+        too."""
+        if self._hashing_pool is None:
+            self._hashing_pool = WorkerPool(self._workers - 1)
+        return self._hashing_pool
 
     def _process_pool(self) -> WorkerPool:
         if self._pool is None:

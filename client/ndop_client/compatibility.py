@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ndop_client.register_info import RegisterInfo
 from ndop_core import filter as published_filter
-from ndop_core.crypto import oprf
 from ndop_core.errors import UnsupportedServer
 from ndop_core.hashing import DIGEST_SIZE, SALT_SIZE, SCHEME
 
@@ -20,6 +19,8 @@ def require_hashed(info: RegisterInfo) -> None:
 
 
 def require_private(info: RegisterInfo) -> None:
+    from ndop_core.crypto import oprf  # libsodium: hashed mode never loads it
+
     _require("OPRF suite", info.oprf_suite, oprf.SUITE_NAME)
     _require("element size", info.element_size, oprf.ELEMENT_SIZE)
     _require("filter scheme", info.filter_scheme, published_filter.SCHEME)

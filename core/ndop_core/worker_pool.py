@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import IO, Any, Final, TypeVar
 
@@ -31,8 +31,10 @@ from ndop_core.errors import NdopError
 T = TypeVar("T")
 
 _BOOT: Final = (
-    "import pickle, sys\n"
-    "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
+    "import importlib, pickle, sys\n"
+    "sys.path[:], preload = pickle.load(sys.stdin.buffer)\n"
+    "for module in preload:\n"
+    "    importlib.import_module(module)\n"
     "from ndop_core.worker_pool import serve\n"
     "serve()\n"
 )
@@ -69,6 +71,13 @@ class WorkerPool(Executor):
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes]
 
+    def start(self, preload: Sequence[str] = ()) -> None:
+        """Start the workers now rather than at the first task, each importing the modules
+        `preload` names, so that they are ready by the time the caller has work for them."""
+        with self._lock:
+            if not (self._processes or self._closed or self._broken):
+                self._start(tuple(preload))
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         if kwargs:
             raise TypeError("WorkerPool passes positional arguments only")
@@ -101,7 +110,7 @@ class WorkerPool(Executor):
             for process in self._processes:
                 process.wait()
 
-    def _start(self) -> None:
+    def _start(self, preload: tuple[str, ...] = ()) -> None:
         if not sys.executable:
             raise WorkerFailed("cannot start worker processes: Python's executable is unknown")
         for _ in range(self._workers):
@@ -116,7 +125,7 @@ class WorkerPool(Executor):
             except OSError as exc:
                 raise WorkerFailed(f"cannot start a worker process: {exc.strerror}") from None
             assert process.stdin is not None
-            pickle.dump(list(sys.path), process.stdin, protocol=_PROTOCOL)
+            pickle.dump((list(sys.path), preload), process.stdin, protocol=_PROTOCOL)
             process.stdin.flush()
             self._processes.append(process)
             thread = threading.Thread(
