@@ -35,10 +35,20 @@ from typing import Any, Final
 
 import numpy as np
 
-from benchmarks.generate import DATA_DIR, DEFAULT_SEED, Dataset, dat_bytes, generate, read_dat
+from benchmarks.floors import hashed_floor, private_floor
+from benchmarks.generate import (
+    DATA_DIR,
+    DEFAULT_SEED,
+    Dataset,
+    dat_bytes,
+    generate,
+    larger_cohort,
+    read_dat,
+)
 from benchmarks.measure import (
     MB,
     BenchmarkFailed,
+    CpuUsage,
     CpuWatch,
     Timed,
     children_cpu_seconds,
@@ -56,12 +66,27 @@ QUICK: Final = (200_000, 100_000)
 FULL: Final = (3_500_000, 1_000_000)
 BASELINE_COHORT: Final = 1_000
 ORGANISATION_QUOTA: Final = 10**12
+ORGANISATION_RATE: Final = 10**9
+"""Numbers per second: the rate limiter runs on every batch but never has the checks wait."""
 PURPOSE: Final = "research"
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 
 TARGET_HASHED_SECONDS: Final = 2.0
 TARGET_PSI_RATIO: Final = 1.5
 TARGET_BYTES_PER_ENTRY: Final = 64.0
+TARGET_HASHED_FLOOR_RATIO: Final = 2.0
+"""Issue 13: a hashed check at most twice the bare read-and-SHA-256 loop, at 1M vs 3.5M."""
+TARGET_GROWTH: Final = 2.2
+"""Doubling the cohort at most doubles a hashed check's time, give or take 10%."""
+HASHED_REPEATS: Final = 3
+GROWTH_FACTORS: Final = (2, 4)
+
+
+def private_floor_target(cohort: int) -> float:
+    """Issue 13: a private check within 1.5 x its floor at 100k numbers, 1.15 x at a million
+    (the fixed costs matter less the bigger the cohort)."""
+    return 1.15 if cohort >= FULL[1] else 1.5
+
 
 _began = time.perf_counter()
 
@@ -186,6 +211,8 @@ class Bench:
                 str(store),
                 "--daily-quota",
                 str(ORGANISATION_QUOTA),
+                "--rate",
+                str(ORGANISATION_RATE),
             ],
             log,
             self.env,
@@ -272,7 +299,7 @@ class Bench:
 
         self.baseline(args.seed)
         self.load_and_serve(data)
-        hashed_out = self.checks(data, expected_cleared)
+        hashed_out = self.checks(data, cohort, expected_cleared)
         if args.skip_psi:
             self.results.add("OpenMined PSI", "-", notes="skipped (--skip-psi)")
             figures["psi"] = {"skipped": "--skip-psi"}
@@ -280,6 +307,10 @@ class Bench:
             self.psi(register, cohort, members)
         del register
         self.concurrent(data, cohort, members, hashed_out)
+        if args.skip_growth:
+            self.results.add("hashed growth", "-", notes="skipped (--skip-growth)")
+        else:
+            self.growth(data)
         self.memory_after(data)
 
     def baseline(self, seed: int) -> None:
@@ -395,70 +426,147 @@ class Bench:
         self.figures["server"][key.replace("memory", "bytes_per_entry")] = figures
         self.results.add(step, n(entries), notes=notes)
 
-    def checks(self, data: Dataset, expected_cleared: bytes) -> Path:
+    def _timed_check(
+        self,
+        cohort: Path,
+        known: tuple[int, int],
+        mode: str,
+        name: str,
+        cache: Path | None = None,
+    ) -> tuple[dict[str, Any], Path, CpuUsage]:
+        """One check of a cohort of `known` = (rows, register members), timed and verified,
+        with the CPU it and the server used."""
+        rows, members = known
+        server_cpu = self.server.cpu_seconds()
+        watch = CpuWatch(self.server.pid)
+        timed, report, out = self._check(self.server, cohort, mode, name, cache)
+        cpu = watch.stop()
+        server_cpu = self.server.cpu_seconds() - server_cpu
+        self._verify(name, report, rows, members)
+        run = {
+            "mode": mode,
+            "seconds": timed.seconds,
+            "numbers_per_second": rows / timed.seconds,
+            "client_cpu_seconds": timed.cpu_seconds,
+            "client_peak_rss_tree": timed.peak_rss,
+            "server_cpu_seconds": server_cpu,
+            "server_seconds_logged": self._server_seconds(self.server, report),
+            "report_timings_s": report.get("timings_s", {}),
+            "opted_out": report.get("opted_out"),
+            "cleared": report.get("cleared"),
+            "cpu": cpu.as_dict(),
+        }
+        return run, out, cpu
+
+    def _check_row(
+        self, step: str, size: str, rows: int, run: dict[str, Any], notes: list[str]
+    ) -> None:
+        parts = notes[:1]
+        parts.append(
+            "client "
+            + " ".join(
+                f"{key.removesuffix('_s')} {value:.2f}"
+                for key, value in run["report_timings_s"].items()
+            )
+        )
+        if run["server_seconds_logged"] is not None:
+            parts.append(f"server {run['server_seconds_logged']:.2f} s")
+        parts.append(
+            f"cpu client {run['client_cpu_seconds']:.1f} s server {run['server_cpu_seconds']:.1f} s"
+        )
+        parts.extend(notes[1:])
+        self.results.add(step, size, run["seconds"], rows, "; ".join(p for p in parts if p))
+
+    def hashed_against_floor(self, data: Dataset) -> tuple[dict[str, Any], Path]:
+        """Step 3: a warm-up, then HASHED_REPEATS rounds of the bare-loop floor and the hashed
+        check one after the other; the medians and their ratio."""
+        rounds = self.args.repeats
+        say(
+            f"step 3: ndop check --mode hashed, {n(data.cohort_size)} numbers, against the "
+            f"bare-loop floor: a warm-up, then {rounds} rounds of each"
+        )
+        known = (data.cohort_size, data.members_in_cohort)
+        self.settle()
+        self._timed_check(data.cohort_path, known, "hashed", "hashed-warm-up")
+        hashed_floor(data.cohort_path)
+        floors: list[float] = []
+        runs: list[dict[str, Any]] = []
+        outputs: list[Path] = []
+        disturbed: list[str] = []
+        for round_number in range(rounds):
+            self.settle()
+            watch = CpuWatch(self.server.pid)
+            floors.append(hashed_floor(data.cohort_path))
+            floor_cpu = watch.stop()
+            run, out, cpu = self._timed_check(
+                data.cohort_path, known, "hashed", f"hashed-{round_number}"
+            )
+            runs.append(run)
+            outputs.append(out)
+            for what, usage, seconds in (
+                ("floor", floor_cpu, floors[-1]),
+                ("check", cpu, run["seconds"]),
+            ):
+                if usage.note(seconds):
+                    disturbed.append(f"round {round_number + 1} {what}: {usage.note(seconds)}")
+        middle = sorted(range(rounds), key=lambda i: runs[i]["seconds"])[rounds // 2]
+        run = dict(runs[middle])
+        floor = float(np.median(floors))
+        run["rounds_seconds"] = [r["seconds"] for r in runs]
+        run["floor_seconds"] = floors
+        run["floor_median_seconds"] = floor
+        run["ratio_to_floor"] = run["seconds"] / floor
+        run["disturbed"] = disturbed
+        reference = outputs[0].read_bytes()
+        if any(out.read_bytes() != reference for out in outputs[1:]):
+            raise BenchmarkFailed("the hashed checks of one cohort wrote different cleared files")
         size = f"{n(data.cohort_size)} vs {n(data.register_size)}"
-        rows, members = data.cohort_size, data.members_in_cohort
+        self.results.add(
+            "hashed floor: bare loop",
+            n(data.cohort_size),
+            floor,
+            data.cohort_size,
+            f"median of {rounds}: python -c 'for line in cohort: sha256(line).digest()'",
+        )
+        self._check_row(
+            "check hashed",
+            size,
+            data.cohort_size,
+            run,
+            [
+                f"median of {rounds}",
+                f"= {run['ratio_to_floor']:.2f} x the floor",
+                *disturbed,
+            ],
+        )
+        say(f"  {run['seconds']:.2f} s, {run['ratio_to_floor']:.2f} x the floor ({floor:.2f} s)")
+        return run, outputs[middle]
+
+    def checks(self, data: Dataset, cohort: np.ndarray, expected_cleared: bytes) -> Path:
+        size = f"{n(data.cohort_size)} vs {n(data.register_size)}"
         runs: dict[str, dict[str, Any]] = {}
         outputs: dict[str, Path] = {}
+        runs["hashed"], outputs["hashed"] = self.hashed_against_floor(data)
         cold_cache = self.work / "cache-private"
-        plan = [
-            ("hashed", "hashed", None, "check hashed", ""),
-            (
-                "private-cold",
-                "private",
-                cold_cache,
-                "check private (cold)",
-                "empty filter cache: download counted",
-            ),
-            (
-                "private-cached",
-                "private",
-                cold_cache,
-                "check private (cached)",
-                "filter already cached",
-            ),
-        ]
-        for number, (name, mode, cache, step, note) in enumerate(plan, start=3):
-            say(f"step {min(number, 4)}: ndop check --mode {mode} ({name}), {n(rows)} numbers")
-            if cache is not None and name == "private-cold" and cache.exists():
-                shutil.rmtree(cache)
+        if cold_cache.exists():
+            shutil.rmtree(cold_cache)
+        for name, step, note in (
+            ("private-cold", "check private (cold)", "empty filter cache: download counted"),
+            ("private-cached", "check private (cached)", "filter already cached"),
+        ):
+            say(f"step 4: ndop check --mode private ({name}), {n(data.cohort_size)} numbers")
             self.settle()
-            server_cpu = self.server.cpu_seconds()
-            watch = CpuWatch(self.server.pid)
-            timed, report, out = self._check(self.server, data.cohort_path, mode, name, cache)
-            cpu = watch.stop()
-            server_cpu = self.server.cpu_seconds() - server_cpu
-            self._verify(name, report, rows, members)
-            outputs[name] = out
-            server_seconds = self._server_seconds(self.server, report)
-            timings = report.get("timings_s", {})
-            runs[name] = {
-                "mode": mode,
-                "seconds": timed.seconds,
-                "numbers_per_second": rows / timed.seconds,
-                "client_cpu_seconds": timed.cpu_seconds,
-                "client_peak_rss_tree": timed.peak_rss,
-                "server_cpu_seconds": server_cpu,
-                "server_seconds_logged": server_seconds,
-                "report_timings_s": timings,
-                "opted_out": report.get("opted_out"),
-                "cleared": report.get("cleared"),
-                "cpu": cpu.as_dict(),
-            }
-            parts = [note] if note else []
-            parts.append(
-                "client "
-                + " ".join(
-                    f"{key.removesuffix('_s')} {value:.2f}" for key, value in timings.items()
-                )
+            run, out, cpu = self._timed_check(
+                data.cohort_path,
+                (data.cohort_size, data.members_in_cohort),
+                "private",
+                name,
+                cold_cache,
             )
-            if server_seconds is not None:
-                parts.append(f"server {server_seconds:.2f} s")
-            parts.append(f"cpu client {timed.cpu_seconds:.1f} s server {server_cpu:.1f} s")
-            if cpu.note(timed.seconds):
-                parts.append(cpu.note(timed.seconds))
-            self.results.add(step, size, timed.seconds, rows, "; ".join(parts))
-            say(f"  {timed.seconds:.2f} s ({rows / timed.seconds:,.0f} numbers/s)")
+            runs[name], outputs[name] = run, out
+            self._check_row(step, size, data.cohort_size, run, [note, cpu.note(run["seconds"])])
+            say(f"  {run['seconds']:.2f} s ({run['numbers_per_second']:,.0f} numbers/s)")
+        self.private_floor(cohort, runs)
 
         say("step 5: the answers agree and are right")
         reference = outputs["hashed"].read_bytes()
@@ -467,12 +575,13 @@ class Bench:
                 raise BenchmarkFailed(f"cleared file of {name} differs from the hashed one")
         if reference != expected_cleared:
             raise BenchmarkFailed("the cleared file is not the cohort minus its known members")
+        members = data.members_in_cohort
         self.figures["checks"] = runs
         self.figures["checks_agree"] = {
             "byte_identical": sorted(outputs),
             "opted_out": members,
             "known_members": members,
-            "cleared_rows": rows - members,
+            "cleared_rows": data.cohort_size - members,
         }
         self.results.add(
             "answers agree",
@@ -484,6 +593,36 @@ class Bench:
         self.private_cached_seconds = runs["private-cached"]["seconds"]
         self.hashed_rate = runs["hashed"]["numbers_per_second"]
         return outputs["hashed"]
+
+    def private_floor(self, cohort: np.ndarray, runs: dict[str, dict[str, Any]]) -> None:
+        """Step 4b: blind, evaluate and finalize every cohort number on every core, alone."""
+        say(f"step 4b: private floor, three multiplications per number on {os.cpu_count()} cores")
+        self.settle()
+        watch = CpuWatch()
+        seconds = private_floor(cohort)
+        cpu = watch.stop()
+        ratios = {
+            name: runs[name]["seconds"] / seconds for name in ("private-cold", "private-cached")
+        }
+        for name, ratio in ratios.items():
+            runs[name]["ratio_to_floor"] = ratio
+        self.figures["private_floor"] = {
+            "seconds": seconds,
+            "workers": os.cpu_count(),
+            "ratio_cold": ratios["private-cold"],
+            "ratio_cached": ratios["private-cached"],
+            "cpu": cpu.as_dict(),
+        }
+        self.results.add(
+            "private floor: 3 mults/number",
+            n(len(cohort)),
+            seconds,
+            len(cohort),
+            f"blind, evaluate, finalize on every core, nothing else; private check = "
+            f"{ratios['private-cold']:.2f} x (cold), {ratios['private-cached']:.2f} x (cached) "
+            f"the floor (target <= {private_floor_target(len(cohort))})" + _with(cpu.note(seconds)),
+        )
+        say(f"  {seconds:.2f} s; private check {ratios['private-cold']:.2f} x the floor")
 
     def psi(self, register: np.ndarray, cohort: np.ndarray, members: np.ndarray) -> None:
         psi = load_psi()
@@ -610,6 +749,44 @@ class Bench:
             f"cpu clients {client_cpu:.1f} s server {server_cpu:.1f} s" + _with(cpu.note(seconds)),
         )
 
+    def growth(self, data: Dataset) -> None:
+        """Step 8: hashed checks of twice and four times the cohort, against the same register:
+        the time must grow no faster than the cohort."""
+        register = read_dat(data.register_path)
+        sizes = [data.cohort_size]
+        seconds = [float(self.figures["checks"]["hashed"]["seconds"])]
+        for factor in GROWTH_FACTORS:
+            cohort = larger_cohort(data, factor * data.cohort_size, log=say)
+            say(f"step 8: ndop check --mode hashed, {n(cohort.size)} numbers (growth)")
+            self.settle()
+            run, out, cpu = self._timed_check(
+                cohort.path, (cohort.size, cohort.members), "hashed", f"hashed-x{factor}"
+            )
+            values = read_dat(cohort.path)
+            if out.read_bytes() != dat_bytes(values[~np.isin(values, register)]):
+                raise BenchmarkFailed(f"the cleared file of {n(cohort.size)} numbers is wrong")
+            out.unlink()
+            growth = run["seconds"] / seconds[-1]
+            sizes.append(cohort.size)
+            seconds.append(run["seconds"])
+            self._check_row(
+                f"check hashed x{factor}",
+                f"{n(cohort.size)} vs {n(data.register_size)}",
+                cohort.size,
+                run,
+                [
+                    f"{run['seconds'] / cohort.size * 1e6:.2f} s per million; "
+                    f"{growth:.2f} x the time of half as many",
+                    cpu.note(run["seconds"]),
+                ],
+            )
+        self.figures["growth"] = {
+            "sizes": sizes,
+            "seconds": seconds,
+            "seconds_per_million": [t / size * 1e6 for t, size in zip(seconds, sizes, strict=True)],
+            "doubling_ratios": [b / a for a, b in itertools.pairwise(seconds)],
+        }
+
     def memory_after(self, data: Dataset) -> None:
         memory = self.server.memory()
         self.figures["server"]["memory_after_checks"] = memory
@@ -710,6 +887,48 @@ def targets(figures: dict[str, Any], full_size: bool) -> list[dict[str, Any]]:
                 "met": seconds <= TARGET_HASHED_SECONDS * 1.25 if full_size else None,
             }
         )
+    if "hashed" in checks and "ratio_to_floor" in checks["hashed"]:
+        hashed = checks["hashed"]
+        found.append(
+            {
+                "target": f"hashed (issue 13): at most {TARGET_HASHED_FLOOR_RATIO:g} x the bare "
+                "read-and-SHA-256 loop over the same file, same run, 1M vs 3.5M",
+                "measured": f"{hashed['ratio_to_floor']:.2f} x ({hashed['seconds']:.2f} s / "
+                f"{hashed['floor_median_seconds']:.2f} s, medians of "
+                f"{len(hashed['floor_seconds'])})",
+                "met": hashed["ratio_to_floor"] <= TARGET_HASHED_FLOOR_RATIO if full_size else None,
+            }
+        )
+    floor = figures.get("private_floor")
+    if floor:
+        cohort = data["cohort_size"]
+        limit = private_floor_target(cohort)
+        found.append(
+            {
+                "target": f"private (issue 13): at most {limit:g} x blind + evaluate + finalize "
+                f"on every core, same run ({'1M' if limit < 1.5 else '100k'} numbers)",
+                "measured": f"{floor['ratio_cold']:.2f} x cold cache, {floor['ratio_cached']:.2f} "
+                f"x cached (floor {floor['seconds']:.2f} s)",
+                "met": floor["ratio_cold"] <= limit if cohort >= QUICK[1] else None,
+            }
+        )
+    growth = figures.get("growth")
+    if growth:
+        worst = max(growth["doubling_ratios"])
+        found.append(
+            {
+                "target": "hashed (issue 13): the time grows linearly with the cohort "
+                f"(each doubling at most {TARGET_GROWTH:g} x)",
+                "measured": ", ".join(
+                    f"{size:,}: {per:.2f} s/M"
+                    for size, per in zip(
+                        growth["sizes"], growth["seconds_per_million"], strict=True
+                    )
+                )
+                + f"; doublings {', '.join(f'{r:.2f} x' for r in growth['doubling_ratios'])}",
+                "met": worst <= TARGET_GROWTH if full_size else None,
+            }
+        )
     psi = figures.get("psi", {})
     if "ratio_to_ndop_private_cold" in psi:
         ratio = psi["ratio_to_ndop_private_cold"]
@@ -779,6 +998,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cohort", type=int, metavar="N", help="cohort rows")
     parser.add_argument("--skip-psi", action="store_true", help="leave out OpenMined PSI")
     parser.add_argument("--clients", type=int, default=4, metavar="K", help="concurrent clients")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=HASHED_REPEATS,
+        metavar="R",
+        help=f"rounds of the hashed check and its floor after a warm-up (default {HASHED_REPEATS})",
+    )
+    parser.add_argument(
+        "--skip-growth", action="store_true", help="leave out hashed checks of 2x and 4x the cohort"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic data seed")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR", help="JSON results")
     parser.add_argument(
@@ -795,8 +1024,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sizes = FULL if args.full else QUICK
     args.register = args.register or sizes[0]
     args.cohort = args.cohort or sizes[1]
-    if args.register < 1 or args.cohort < 1 or args.clients < 1:
-        parser.error("sizes and --clients must be at least 1")
+    if args.register < 1 or args.cohort < 1 or args.clients < 1 or args.repeats < 1:
+        parser.error("sizes, --clients and --repeats must be at least 1")
     return args
 
 

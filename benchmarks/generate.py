@@ -111,6 +111,40 @@ def generate(
     return dataset
 
 
+@dataclass(frozen=True)
+class Cohort:
+    """Another cohort against a dataset's register, for checks of other sizes."""
+
+    path: Path
+    size: int
+    members: int
+    """How many rows are register members: known by construction, not from ndop."""
+
+
+def larger_cohort(dataset: Dataset, size: int, log: Log = print) -> Cohort:
+    """A cohort of `size` distinct valid numbers against `dataset`'s register, 5% of them
+    members, written once beside the dataset and reused."""
+    members = members_for(size, dataset.register_size)
+    path = dataset.directory / f"cohort-{size}.dat"
+    cohort = Cohort(path, size, members)
+    if path.exists() and path.stat().st_size == size * LINE_BYTES:
+        return cohort
+    log(f"generating a cohort of {size:,} numbers against the {dataset.register_size:,} register")
+    register = read_dat(dataset.register_path)
+    rng = np.random.default_rng([dataset.seed, size])
+    outsiders = np.empty(0, dtype=np.int64)
+    draw = 0
+    while len(outsiders) < size - members:
+        draw += 1
+        found = valid_numbers(2 * size + 1000, "9", dataset.seed + draw)
+        outsiders = np.union1d(outsiders, found[~np.isin(found, register)])
+    chosen = register[rng.choice(len(register), size=members, replace=False)]
+    picked = rng.choice(len(outsiders), size=size - members, replace=False)
+    values = np.concatenate([chosen, outsiders[picked]])
+    write_dat(path, values[rng.permutation(size)])
+    return cohort
+
+
 def _manifest(dataset: Dataset) -> dict[str, object]:
     return {
         "format": FORMAT,
