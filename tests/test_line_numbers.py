@@ -107,3 +107,24 @@ def test_a_line_not_in_the_encoding_is_named(tmp_path: Path) -> None:
     with CohortFile(path, encoding="latin-1") as cohort:
         parsed = list(cohort.parsed_chunks())
     assert [row.line for row in parsed[0].invalid] == [3]
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n"])
+@pytest.mark.parametrize("odd_one_out", [[], [" 12345678,"]])
+def test_agree_when_every_line_is_alike(
+    tmp_path: Path, newline: str, odd_one_out: list[str]
+) -> None:
+    """Lines all of one width are read as a table; one line of another width, as lines."""
+    wrong_check = f"{VALID[3]}"[:9] + str((VALID[3] % 10 + 1) % 10)
+    rows = [f"{v}," for v in VALID] + [
+        f"{wrong_check},",
+        "94347659a9,",
+        "##########,",
+        *odd_one_out,
+    ]
+    path = tmp_path / "cohort.dat"
+    path.write_text("".join(row + newline for row in rows))
+    from_bytes, from_text = _both(path)
+    _same(from_bytes, from_text)
+    assert from_bytes.values[: len(VALID)].tolist() == VALID
+    assert [row.line for row in from_bytes.invalid] == list(range(len(VALID) + 1, len(rows) + 1))

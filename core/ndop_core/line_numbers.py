@@ -29,6 +29,9 @@ _CR: Final = 13
 _COMMA: Final = 44
 _ZERO: Final = 48
 _OFFSETS: Final = np.arange(10)
+_VALUE_AND_CHECK_WEIGHTS: Final = np.column_stack(
+    [_POWERS_OF_TEN, np.append(_WEIGHT_VECTOR, 0)]
+).astype(np.float64)
 
 Decode = Callable[[bytes, int], str]
 """(one line's bytes, how many lines come before it in the block) -> its text"""
@@ -49,11 +52,20 @@ def parse_lines(block: bytes, decode: Decode) -> ParsedColumn:
     stops -= (stops > starts) & (data[stops - 1] == _COMMA)
     values = np.full(len(starts), INVALID, dtype=np.int64)
     plain = np.flatnonzero(stops - starts == 10)
-    digits = data[starts[plain, None] + _OFFSETS] - np.uint8(_ZERO)
-    check = 11 - (digits[:, :9] @ _WEIGHT_VECTOR) % 11
+    width = int(ends[0]) + 1
+    if len(plain) == len(starts) and len(data) == len(starts) * width:
+        digits = data.reshape(-1, width)[:, :10] - np.uint8(_ZERO)  # every line alike
+    else:
+        digits = data[starts[plain, None] + _OFFSETS] - np.uint8(_ZERO)
+    # One BLAS product gives each line's value and check-digit sum; both stay below 2**53,
+    # so float64 holds them exactly.
+    value_and_sum = (digits @ _VALUE_AND_CHECK_WEIGHTS).astype(np.int64)
+    check = 11 - value_and_sum[:, 1] % 11
     check[check == 11] = 0
-    valid = (digits <= 9).all(axis=1) & (check == digits[:, 9])
-    values[plain[valid]] = digits[valid] @ _POWERS_OF_TEN
+    valid = check == digits[:, 9]
+    if not (digits <= 9).all():
+        valid &= (digits <= 9).all(axis=1)
+    values[plain[valid]] = value_and_sum[valid, 0]
     reasons: dict[int, InvalidReason] = {}
     exports: list[int] = []
     for position in np.flatnonzero(values == INVALID).tolist():
