@@ -29,9 +29,7 @@ _CR: Final = 13
 _COMMA: Final = 44
 _ZERO: Final = 48
 _OFFSETS: Final = np.arange(10)
-_VALUE_AND_CHECK_WEIGHTS: Final = np.column_stack(
-    [_POWERS_OF_TEN, np.append(_WEIGHT_VECTOR, 0)]
-).astype(np.float64)
+_VALUE_AND_CHECK_WEIGHTS: Final = np.column_stack([_POWERS_OF_TEN, np.append(_WEIGHT_VECTOR, 0)])
 
 Decode = Callable[[bytes, int], str]
 """(one line's bytes, how many lines come before it in the block) -> its text"""
@@ -57,9 +55,10 @@ def parse_lines(block: bytes, decode: Decode) -> ParsedColumn:
         digits = data.reshape(-1, width)[:, :10] - np.uint8(_ZERO)  # every line alike
     else:
         digits = data[starts[plain, None] + _OFFSETS] - np.uint8(_ZERO)
-    # One BLAS product gives each line's value and check-digit sum; both stay below 2**53,
-    # so float64 holds them exactly.
-    value_and_sum = (digits @ _VALUE_AND_CHECK_WEIGHTS).astype(np.int64)
+    # One integer product gives each line's value and check-digit sum. (A float64 one would
+    # go through BLAS, whose threads spin on every core after each call and slow the hashing
+    # workers and the server beside it.)
+    value_and_sum = digits @ _VALUE_AND_CHECK_WEIGHTS
     check = 11 - value_and_sum[:, 1] % 11
     check[check == 11] = 0
     valid = check == digits[:, 9]
