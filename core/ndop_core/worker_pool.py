@@ -39,6 +39,9 @@ _BOOT: Final = (
     "serve()\n"
 )
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
+_WORKER_ENVIRONMENT: Final = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+"""A worker is one core's work: NumPy's BLAS threads in it would only take cores from the
+others (unless the caller's environment says otherwise)."""
 
 
 class WorkerFailed(NdopError):
@@ -121,6 +124,7 @@ class WorkerPool(Executor):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     close_fds=True,
+                    env=_WORKER_ENVIRONMENT | os.environ,
                 )
             except OSError as exc:
                 raise WorkerFailed(f"cannot start a worker process: {exc.strerror}") from None
