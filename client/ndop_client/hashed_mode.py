@@ -1,8 +1,9 @@
 """Hashed mode: stream salted digests, read back packed membership from one register version.
 
-With a pool of worker processes, the workers hash the batches ahead of the stream while this
-process sends them and reads the answers: hashing is most of a hashed check's work, and the
-server's share is small enough to leave the cores to the client.
+With a pool of worker processes, the workers hash batches alongside the stream's own thread,
+each batch sent as soon as it is hashed, whoever hashed it (answers name their batch, so the
+order does not matter): hashing is most of a hashed check's work, and the server's share is
+small enough to leave the cores to the client.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 
 import numpy as np
 
@@ -61,8 +62,7 @@ def match_hashed(
         # keep it so the caller sees what really went wrong.
         try:
             yield ndop_pb2.HashedCheckRequest(context=context)
-            batches = _digests(info, values, bounds, pool, workers)
-            for batch_id, digests in enumerate(batches):
+            for batch_id, digests in _digests(info, values, bounds, pool, workers):
                 submitted.update(digests)
                 watch.expect()
                 yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
@@ -127,21 +127,35 @@ def _digests(
     bounds: list[tuple[int, int]],
     pool: Executor | None,
     workers: int,
-) -> Iterator[bytes]:
-    """Each batch's digests, in order. With a pool of `workers` processes, this thread hashes
-    one batch in every workers + 1 and the pool the others, a few batches ahead."""
+) -> Iterator[tuple[int, bytes]]:
+    """(batch id, digests) of every batch, each as soon as it is ready. With a pool of
+    `workers` processes, the pool hashes batches from the front and this thread from the
+    back, so that a pool still starting up only means this thread does more of them."""
     hasher = Hasher(info.salt, info.hashed_scheme)
-    share = workers + 1
-    theirs = deque(b for b in range(len(bounds)) if pool is not None and b % share)
-    hashing_ahead: dict[int, Future[bytes]] = {}
-    for batch_id, (start, end) in enumerate(bounds):
-        while pool is not None and theirs and len(hashing_ahead) < 2 * workers:
-            ahead = theirs.popleft()
-            first, last = bounds[ahead]
-            hashing_ahead[ahead] = pool.submit(
-                hashing.digests, info.salt, info.hashed_scheme, canonical_bytes(values[first:last])
+
+    def here(batch_id: int) -> tuple[int, bytes]:
+        start, end = bounds[batch_id]
+        return batch_id, hasher.digest_packed(canonical_bytes(values[start:end]))
+
+    waiting = deque(range(len(bounds)))
+    if pool is None:
+        yield from map(here, waiting)
+        return
+    ahead: dict[Future[bytes], int] = {}
+    while waiting or ahead:
+        while waiting and len(ahead) < 2 * workers:
+            start, end = bounds[waiting[0]]
+            blob = canonical_bytes(values[start:end])
+            ahead[pool.submit(hashing.digests, info.salt, info.hashed_scheme, blob)] = (
+                waiting.popleft()
             )
-        if batch_id in hashing_ahead:
-            yield hashing_ahead.pop(batch_id).result()
-        else:
-            yield hasher.digest_packed(canonical_bytes(values[start:end]))
+        for future in [future for future in ahead if future.done()]:
+            yield ahead.pop(future), future.result()
+        if waiting:
+            yield here(waiting.pop())
+        elif ahead:
+            oldest = next(iter(ahead))
+            if oldest.cancel():
+                yield here(ahead.pop(oldest))
+            else:
+                wait(ahead, return_when=FIRST_COMPLETED)
