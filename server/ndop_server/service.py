@@ -194,7 +194,12 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             )
             outcome = CANCELLED
             stack.callback(self._log_audit_head)
-            stack.callback(lambda: session.end(outcome))
+            # However the stream ended, one the watchdog closed is audited as idle.
+            stack.callback(
+                lambda: session.end(
+                    IDLE_TIMEOUT if watch.timed_out and outcome == CANCELLED else outcome
+                )
+            )
             observed = self._metrics.check_opened(mode)
             stack.callback(lambda: observed.closed(outcome))
             try:
