@@ -1,4 +1,4 @@
-"""expand_message_xmd against every RFC 9380 vector (data from ../shared/vectors)."""
+"""expand_message_xmd against every RFC 9380 vector (data in tests/vectors/hash-to-curve)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RFC 9497 Appendix A vectors, OPRF(ristretto255, SHA-512) base mode (data from ../shared)."""
+"""RFC 9497 Appendix A vectors, OPRF(ristretto255, SHA-512) base mode (data in tests/vectors/oprf)."""
 
 from __future__ import annotations
 
