@@ -1,4 +1,4 @@
-"""RFC 9497 Appendix A vectors, OPRF(ristretto255, SHA-512) base mode (data in tests/vectors/oprf)."""
+"""RFC 9497 Appendix A vectors, OPRF(ristretto255, SHA-512) base mode (tests/vectors/oprf)."""
 
 from __future__ import annotations
 
