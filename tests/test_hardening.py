@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from ndop_server.audit_view import summarise
 from ndop_server.limits import RateLimiter
 from ndop_server.server import RunningServer, ServingLimits, start_server
 from tests.conftest import GENEROUS, Register
+from tests.gate import Gate
 from tests.serve_process import ServeProcess, start_serve
 
 TIMEOUT = 30.0
@@ -88,39 +88,6 @@ def guarded(register: Register) -> Iterator[tuple[RunningServer, str]]:
         yield running, f"127.0.0.1:{running.port}"
     finally:
         running.stop(grace=1)
-
-
-class Gate:
-    """A request stream the test releases message by message; it gives up after TIMEOUT."""
-
-    def __init__(self, first: Any) -> None:
-        self._queue: list[Any] = [first]
-        self._ready = threading.Condition()
-        self._closed = False
-
-    def send(self, message: Any) -> None:
-        with self._ready:
-            self._queue.append(message)
-            self._ready.notify_all()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def __iter__(self) -> Iterator[Any]:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with self._ready:
-                while not self._queue and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    self._ready.wait(left)
-                if not self._queue:
-                    return
-                message = self._queue.pop(0)
-            yield message
 
 
 def _health(address: str) -> int:

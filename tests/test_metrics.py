@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from ndop_server.accounts import Accounts, Limits
 from ndop_server.errors import ConfigurationError
 from ndop_server.server import RunningServer, start_server
 from tests.conftest import GENEROUS, Register, make_register
+from tests.gate import Gate
 from tests.postgres_server import PostgresServer
 
 TIMEOUT = 30.0
@@ -86,39 +86,6 @@ def eventually(port: int, condition: Callable[[Samples], bool]) -> Samples:
             return samples
         assert time.monotonic() < deadline, "the metrics never reached the expected state"
         time.sleep(0.05)
-
-
-class Gate:
-    """A request stream the test releases message by message; it gives up after TIMEOUT."""
-
-    def __init__(self, first: Any) -> None:
-        self._queue: list[Any] = [first]
-        self._ready = threading.Condition()
-        self._closed = False
-
-    def send(self, message: Any) -> None:
-        with self._ready:
-            self._queue.append(message)
-            self._ready.notify_all()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def __iter__(self) -> Iterator[Any]:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with self._ready:
-                while not self._queue and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    self._ready.wait(left)
-                if not self._queue:
-                    return
-                message = self._queue.pop(0)
-            yield message
 
 
 @pytest.fixture
