@@ -41,7 +41,7 @@ from ndop_core.nhs_number import canonical_bytes
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits, Usage
 from ndop_server.audit_record import AuditRecord
-from ndop_server.audit_view import AuditLine, summarise
+from ndop_server.audit_view import summarise
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.server import ServerTls, start_server
 from tests.conftest import GENEROUS, Register, make_register, write_numbers
@@ -164,7 +164,7 @@ def audit_rows(register: Register, organisation: str | None = None) -> list[Audi
         return accounts.audit(organisation)
 
 
-def audit_lines(register: Register, organisation: str | None = None) -> list[AuditLine]:
+def audit_lines(register: Register, organisation: str | None = None) -> list[AuditRecord]:
     """The audit log as `ndop audit` reads it: one line per check."""
     return summarise(audit_rows(register, organisation))
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from ndop_server import keys as keyfile
 from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits
-from ndop_server.audit_view import AuditLine, summarise
+from ndop_server.audit_view import summarise
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.errors import ConfigurationError
 from ndop_server.locations import StoreLocation, store_location
@@ -234,7 +234,7 @@ def _since(text: str | None) -> str | None:
 def _audit(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
         records = accounts.audit(args.org, _since(args.since))
-    lines = [AuditLine(**vars(r)) for r in records] if args.events else summarise(records)
+    lines = records if args.events else summarise(records)
     if args.json:
         print(json.dumps([asdict(line) for line in lines], indent=2))
         return 0
