@@ -9,10 +9,11 @@ Everything comes from the 9 range (synthetic numbers never issued to patients):
 2. `ndop serve`; a client downloads the whole filter once, so its cache holds version 1.
 3. For each size s: `ndop register apply --add (s new numbers) --remove (s members)`, timed with
    its breakdown (reading, evaluating, index, filter, writing); the version's delta beside its
-   whole filter; the client brings its cached filter up to date (delta download, apply, SHA-256
-   check, save) and, for comparison, downloads the whole filter into an empty cache; a private
-   check of a sample (added, withdrawn and unchanged numbers) answered from the updated cache
-   must be exactly right.
+   whole filter and beside the floor no exact delta of its flipped bits can go below
+   (delta_floor_bytes); the client brings its cached filter up to date (delta download, apply,
+   SHA-256 check, save) and, for comparison, downloads the whole filter into an empty cache; a
+   private check of a sample (added, withdrawn and unchanged numbers) answered from the updated
+   cache must be exactly right.
 4. The last change set applied again: nothing changes, and nothing may be published.
 5. Growth past the filter's capacity band (additions only): the filter is rebuilt whole.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -52,6 +54,8 @@ from benchmarks.measure import (
 from benchmarks.serve import ServerProcess
 from ndop_client import Client, Status
 from ndop_client.filter_cache import fetch_filter
+from ndop_core import filter_delta
+from ndop_core.filter import FilterParameters
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts, Limits
@@ -75,6 +79,27 @@ TARGET_LOAD_RATIO: Final = 1.2
 _began = time.perf_counter()
 
 
+def log2_binomial(m: int, d: int) -> float:
+    """log2 C(m, d), the bits it takes to name one d-subset of m things (math.lgamma, so that
+    m may be a filter's hundreds of millions of bits)."""
+    if not 0 <= d <= m:
+        raise ValueError(f"no {d}-subsets of {m} things")
+    return (math.lgamma(m + 1) - math.lgamma(d + 1) - math.lgamma(m - d + 1)) / math.log(2)
+
+
+def delta_floor_bytes(filter_bits: int, flipped_bits: int) -> int:
+    """The fewest bytes an exact delta flipping `flipped_bits` of a filter's `filter_bits` bits
+    can take, in the worst case and on average over flip sets (docs/protocol.md, "Filter
+    deltas, exactly"): to anyone without the OPRF outputs the flipped positions are a random
+    subset, and naming a d-subset of m bits takes log2 C(m, d) bits; so ceil(log2 C(m, d) / 8)
+    bytes, plus the delta's fixed header (base digest, target header, n, r, h: 96 bytes)."""
+    bits = log2_binomial(filter_bits, flipped_bits)
+    nearest = round(bits)
+    if abs(bits - nearest) <= 1e-9 * max(1.0, bits):  # an exact power of two, up to rounding
+        bits = nearest
+    return filter_delta.FIXED.size + math.ceil(bits / 8)
+
+
 def say(message: str) -> None:
     print(f"[{time.perf_counter() - _began:7.1f} s] {message}", flush=True)
 
@@ -92,6 +117,12 @@ class ChangeFigure:
     stages: dict[str, float]
     filter_bytes: int
     delta_bytes: int | None
+    filter_bits: int
+    """m: the filter's bits (slices x bits per slice)."""
+    flipped_bits: int | None
+    """d: the bits the delta flips."""
+    delta_floor_bytes: int | None
+    """What no exact delta of d of m bits can go below: delta_floor_bytes(m, d)."""
     update_seconds: float
     update_received: int
     update_from: int | None
@@ -263,9 +294,18 @@ class ChangeBench:
                 raise BenchmarkFailed(f"apply of {size:,} did not publish version {version}")
             whole = store.artifact(version, FILTER_ARTIFACT)
             delta = store.artifacts(DELTA_ARTIFACT, version, version).get(version)
+        filter_bits = FilterParameters.from_header(whole).num_bits
+        flipped, floor = None, None
+        if delta is not None:
+            decoded = filter_delta.decode(delta)
+            filter_bits = decoded.target.num_bits
+            flipped = len(decoded.flips)
+            floor = delta_floor_bytes(filter_bits, flipped)
         say(
             f"  {timed.seconds:.2f} s ({_stage_text(stages)}); delta {_size(delta)} of "
-            f"{len(whole):,} bytes {disturbed}"
+            f"{len(whole):,} bytes"
+            + ("" if floor is None else f" ({flipped:,} bits flipped, floor {floor:,} bytes)")
+            + f" {disturbed}"
         )
         _wait_for_version(stub, metadata, register_id, version)
         started = time.perf_counter()
@@ -283,17 +323,20 @@ class ChangeBench:
             f"(from version {updated.delta_from}); whole download {whole_seconds * 1000:.0f} ms"
         )
         return ChangeFigure(
-            size,
-            version,
-            timed.seconds,
-            stages,
-            len(whole),
-            None if delta is None else len(delta),
-            update_seconds,
-            updated.received,
-            updated.delta_from,
-            whole_seconds,
-            disturbed,
+            size=size,
+            version=version,
+            apply_seconds=timed.seconds,
+            stages=stages,
+            filter_bytes=len(whole),
+            delta_bytes=None if delta is None else len(delta),
+            filter_bits=filter_bits,
+            flipped_bits=flipped,
+            delta_floor_bytes=floor,
+            update_seconds=update_seconds,
+            update_received=updated.received,
+            update_from=updated.delta_from,
+            whole_download_seconds=whole_seconds,
+            disturbed=disturbed,
         )
 
     def check_sample(
@@ -387,13 +430,20 @@ def table(run: Run) -> str:
     lines = [
         f"register {run.register:,} entries, {run.workers} workers",
         f"{'change set':>18} {'apply s':>8} {'filter B':>11} {'delta B':>9} {'delta %':>8} "
+        f"{'floor B':>9} {'floor %':>8} {'/floor':>7} "
         f"{'update ms':>10} {'whole ms':>9}  breakdown (s)",
     ]
     for c in run.changes:
         share = f"{100 * c.delta_bytes / c.filter_bytes:.2f}" if c.delta_bytes else "-"
+        floor, floor_share, over = "-", "-", "-"
+        if c.delta_bytes and c.delta_floor_bytes:
+            floor = format(c.delta_floor_bytes, ",")
+            floor_share = f"{100 * c.delta_floor_bytes / c.filter_bytes:.2f}"
+            over = f"{c.delta_bytes / c.delta_floor_bytes:.2f}x"
         lines.append(
             f"{'+' + format(c.size, ',') + ' -' + format(c.size, ','):>18} "
             f"{c.apply_seconds:8.2f} {c.filter_bytes:11,} {c.delta_bytes or 0:9,} {share:>8} "
+            f"{floor:>9} {floor_share:>8} {over:>7} "
             f"{1000 * c.update_seconds:10.0f} {1000 * c.whole_download_seconds:9.0f}  "
             f"{_stage_text(c.stages)}{' ' + c.disturbed if c.disturbed else ''}"
         )
@@ -431,7 +481,13 @@ def targets(run: Run) -> list[str]:
             found.append(
                 _verdict("apply 10k+10k under 10 s", c.apply_seconds < 10, c.apply_seconds)
             )
-            found.append(_verdict("delta at most 2% of the filter", share <= 0.02, share))
+            verdict = _verdict("delta at most 2% of the filter", share <= 0.02, share)
+            if c.delta_floor_bytes:
+                verdict += (
+                    f" (floor for its {c.flipped_bits:,} flipped bits: "
+                    f"{c.delta_floor_bytes / c.filter_bytes:.4g})"
+                )
+            found.append(verdict)
     ratio = run.figures.get("load_over_oprf")
     if ratio:
         found.append(_verdict("load within 1.2x of the OPRF", ratio <= TARGET_LOAD_RATIO, ratio))
