@@ -27,6 +27,7 @@ from concurrent.futures import Executor, Future
 from typing import IO, Any, Final, TypeVar
 
 from ndop_core.errors import NdopError
+from ndop_core.process_environment import ONE_BLAS_THREAD
 
 T = TypeVar("T")
 
@@ -39,9 +40,6 @@ _BOOT: Final = (
     "serve()\n"
 )
 _PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
-_WORKER_ENVIRONMENT: Final = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-"""A worker is one core's work: NumPy's BLAS threads in it would only take cores from the
-others (unless the caller's environment says otherwise)."""
 
 
 class WorkerFailed(NdopError):
@@ -124,7 +122,7 @@ class WorkerPool(Executor):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
                     close_fds=True,
-                    env=_WORKER_ENVIRONMENT | os.environ,
+                    env=ONE_BLAS_THREAD | os.environ,
                 )
             except OSError as exc:
                 raise WorkerFailed(f"cannot start a worker process: {exc.strerror}") from None

@@ -8,10 +8,10 @@ refused; 1 anything else. Errors are one sentence on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from ndop_client.cli.check_command import add_check_command
@@ -36,12 +36,14 @@ def build_parser(operator_commands: bool = True) -> argparse.ArgumentParser:
     which is all `ndop check` needs (the server's package takes longer to import than a
     small check takes to run)."""
     parser = _Parser(prog="ndop", description="National data opt-out matching service.")
-    parser.add_argument("--version", action="version", version=f"ndop {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_check_command(commands)
     add_receipt_command(commands)
     if not operator_commands:
         return parser
+    from importlib.metadata import entry_points
+
     for plugin in entry_points(group="ndop.commands"):
         try:
             register = plugin.load()
@@ -52,11 +54,22 @@ def build_parser(operator_commands: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    try:
-        return version("ndop")
-    except PackageNotFoundError:
-        return "(version unknown: not installed)"
+class _VersionAction(argparse.Action):
+    """--version, reading the installed version only when asked (package metadata takes
+    longer to load than a small check's whole start-up should)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show ndop's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("ndop")
+        except PackageNotFoundError:
+            installed = "(version unknown: not installed)"
+        print(f"ndop {installed}")
+        parser.exit()
 
 
 OPERATOR_COMMANDS = ("keys", "register", "serve", "org", "audit", "store", "dev-certs", "demo")
@@ -113,5 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+FAST_EXIT_COMMANDS = ("check",)
+
+
+def run() -> int:
+    """The `ndop` program: main(), then, after a check, an exit without the interpreter's
+    teardown. By then the check has written and closed its outputs and closed its
+    connections and worker processes; what is left is unloading gRPC, NumPy and several
+    hundred modules, about 30 ms, a tenth of a small check's time."""
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in FAST_EXIT_COMMANDS:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())
