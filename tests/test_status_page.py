@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import urllib.request
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,7 +23,12 @@ from PIL import Image
 
 from ndop_client import Client, NdopError
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
-from ndop_server.accounts import Accounts, Limits
+from ndop_server import audit_record as events
+from ndop_server import keys as keyfile
+from ndop_server.accounts import MODES, Accounts, Limits
+from ndop_server.audit_chain import audit_key
+from ndop_server.audit_record import AuditRecord
+from ndop_server.audit_view import summarise
 from ndop_server.server import RunningServer, start_server
 from ndop_server.status_page import (
     CHART_COLOUR,
@@ -30,6 +36,7 @@ from ndop_server.status_page import (
     PLOT_HEIGHT,
     QUOTA_BAR_WIDTH,
     QUOTA_COLOURS,
+    REASONS,
     AuditState,
     DayActivity,
     QuotaUse,
@@ -41,6 +48,7 @@ from ndop_server.status_page import (
     register_chart,
     render_status,
 )
+from ndop_server.status_source import activity_tables
 from ndop_server.store import Store
 from tests.conftest import Register, write_numbers
 
@@ -234,6 +242,153 @@ def test_quota_bars_turn_amber_then_red() -> None:
     rows = Tables(page).tables["quotas"]
     assert rows[4][0] == "none (revoked)" and rows[4][2] == "0 of 0 (no allowance)"
     assert rows[2][2] == "850 of 1,000 (85 %)"
+
+
+# --- the activity the store counts ---------------------------------------------------------------
+
+
+def _activity_from_lines(lines: list[AuditRecord]) -> tuple[list[DayActivity], list[RefusalCount]]:
+    """The page's activity and refusals as they were computed before the store counted them:
+    from every audit line of the period, read into Python."""
+    counts: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    refusals: Counter[tuple[str, str | None, str]] = Counter()
+    for line in lines:
+        day = line.at[:10]
+        if line.outcome == events.AUTH_FAILED:
+            refusals[day, None, line.outcome] += 1
+            continue
+        tally = counts[day, line.organisation]
+        if line.outcome == events.FILTER_DOWNLOAD:
+            tally["filters"] += 1
+        elif line.mode in MODES:
+            tally["checks"] += 1
+            tally["numbers"] += line.items_checked
+            if line.outcome == events.COMPLETED:
+                tally["completed"] += 1
+            elif line.outcome in REASONS:
+                tally["refused"] += 1
+                refusals[day, line.organisation, line.outcome] += 1
+    activity = [
+        DayActivity(
+            day, organisation, t["checks"], t["completed"], t["refused"], t["numbers"], t["filters"]
+        )
+        for (day, organisation), t in counts.items()
+    ]
+    activity.sort(key=lambda row: ([-int(p) for p in row.day.split("-")], row.organisation))
+    refused = [RefusalCount(*key, count) for key, count in refusals.items()]
+    refused.sort(
+        key=lambda row: ([-int(p) for p in row.day.split("-")], row.organisation or "", row.outcome)
+    )
+    return activity, refused
+
+
+def test_the_store_counts_activity_as_the_audit_lines_read(
+    store_location: str, tmp_path: Path
+) -> None:
+    """On either backend, the counts the database makes of a period's audit rows are the
+    counts of its lines as `ndop audit` reads them, and the page's tables from them are
+    those once made from the lines: checks completed, refused, cancelled and cut off; a
+    check opened before the period; one open across midnight; reused ids; refusals at the
+    door; filter downloads; refused credentials; a row whose clock was behind."""
+    keys = keyfile.write_new(tmp_path / "keys.json")
+    Store(store_location, create=True).close()
+    ids: list[str] = []
+
+    def row(
+        at: str,
+        organisation: str,
+        check: int | None,
+        outcome: str,
+        items: int = 0,
+        mode: str = "hashed",
+    ) -> AuditRecord:
+        while check is not None and len(ids) <= check:
+            ids.append(str(uuid.uuid4()))
+        return AuditRecord(
+            at=f"2026-11-{at}+00:00",
+            organisation=organisation,
+            request_id="-" if check is None else ids[check],
+            mode=mode,
+            purpose="research",
+            items_checked=items,
+            items_opted_out=items // 2 if mode == "hashed" and outcome != "answered" else None,
+            register_version=1,
+            outcome=outcome,
+        )
+
+    rows = [
+        # 0 and 1 open before the period; 0 answers on both sides of its start
+        row("19T22:00:00.000", "north", 0, "started"),
+        row("19T22:00:01.000", "north", 0, "answered", 5),
+        row("19T23:00:00.000", "north", 1, "started", mode="private"),
+        row("20T00:00:01.000", "north", 0, "answered", 3),
+        row("20T00:00:02.000", "north", 0, "completed", 8),
+        # completed, interrupted (answered on two days), a reused id, refused after a batch
+        # (a started row holds the numbers the check reserved)
+        row("20T09:00:00.000", "north", 2, "started", 10),
+        row("20T09:00:01.000", "north", 2, "answered", 4),
+        row("20T09:00:02.000", "north", 2, "answered", 6),
+        row("20T09:00:03.000", "north", 2, "completed", 10),
+        row("20T10:00:00.000", "south", 3, "started", 5, mode="private"),
+        row("20T10:00:01.000", "south", 3, "answered", 2, mode="private"),
+        row("20T10:00:02.000", "south", 3, "already-exists", mode="private"),
+        row("20T11:00:00.000", "south", 4, "started"),
+        row("20T11:00:01.000", "south", 4, "answered", 1),
+        row("20T11:00:02.000", "south", 4, "resource-exhausted", 1),
+        row("20T23:59:59.000", "north", 5, "started"),
+        row("21T00:00:01.000", "south", 3, "answered", 3, mode="private"),
+        row("21T00:00:02.000", "north", 5, "answered", 7),
+        row("21T00:00:03.000", "north", 5, "completed", 7),
+        # refused at the door, with an id and without one
+        row("21T08:00:00.000", "frugal", 6, "resource-exhausted"),
+        row("21T08:00:01.000", "frugal", None, "invalid-argument"),
+        row("21T08:00:02.000", "frugal", None, "permission-denied", mode="private"),
+        # filter downloads, one refused, and credentials refused
+        row("21T08:30:00.000", "north", None, "filter-download", mode="filter"),
+        row("21T08:30:01.000", "north", None, "filter-download", mode="filter"),
+        row("21T08:30:02.000", "quiet", None, "resource-exhausted", mode="filter"),
+        row("21T08:31:00.000", "-", None, "auth-failed"),
+        row("21T08:31:01.000", "-", None, "auth-failed", mode="filter"),
+        # cancelled (its closing total counts, not its batches'); one that only started;
+        # 1 closes in the period
+        row("21T12:00:00.000", "north", 7, "started"),
+        row("21T12:00:01.000", "north", 7, "answered", 4),
+        row("21T12:00:02.000", "north", 7, "cancelled", 6),
+        row("21T13:00:00.000", "south", 8, "started", 10, mode="private"),
+        row("21T14:00:00.000", "north", 1, "completed", 9, mode="private"),
+        row("21T14:00:01.000", "north", 2, "already-exists"),
+        row("22T08:00:00.000", "south", 9, "started"),
+        row("22T08:00:01.000", "south", 9, "answered", 2),
+        row("22T08:00:02.000", "south", 9, "unavailable", 2),
+        # 7 closed a second time, the next day: a line of its own
+        row("22T08:30:00.000", "north", 7, "aborted", 6),
+        # another replica's clock was behind: 10 closes "before" the period it opened in
+        row("22T09:00:00.000", "north", 10, "started"),
+        row("22T09:00:01.000", "north", 10, "answered", 3),
+        row("19T09:00:02.000", "north", 10, "completed", 3),
+    ]
+    since = "2026-11-20"
+    with Accounts(store_location, audit_key(keys.store_key)) as accounts:
+        for entry in rows:
+            accounts.record(entry)
+        counts = accounts.audit_counts(since)
+        lines = summarise(accounts.audit(since=since))
+
+    expected: Counter[tuple[str, str, str, str, str]] = Counter()
+    for line in lines:
+        key = (line.at[:10], line.organisation, line.mode, line.outcome)
+        expected[(*key, "lines")] += 1
+        expected[(*key, "items")] += line.items_checked
+    counted: Counter[tuple[str, str, str, str, str]] = Counter()
+    for count in counts:
+        key = (count.day, count.organisation, count.mode, count.outcome)
+        counted[(*key, "lines")] += count.lines
+        counted[(*key, "items")] += count.items_checked
+    assert counted == expected
+    assert len(counts) == len({key[:4] for key in expected}), "one count per group"
+    assert sum(count.lines for count in counts) == len(lines) == 21
+    assert activity_tables(counts) == _activity_from_lines(lines)
+    assert not any(request_id in repr(counts) for request_id in ids)
 
 
 # --- a real server in a real browser -------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from ndop_server import audit_chain, schema
+from ndop_server import audit_record as events
 from ndop_server.audit_record import AuditRecord
 from ndop_server.database import ACCOUNTS_LOCK, DuplicateKey, Transaction, open_database
 from ndop_server.errors import ConfigurationError, StoreError
@@ -69,6 +70,20 @@ class Usage:
     numbers: int
     checks: int
     filters: int
+
+
+@dataclass(frozen=True)
+class AuditCount:
+    """How many lines of the audit log, as `audit_view.summarise` reads it, one day (the
+    line's, so a check's opening day), organisation, mode and outcome have, and how many
+    numbers they checked. Counts and names only: never a request id."""
+
+    day: str
+    organisation: str
+    mode: str
+    outcome: str
+    lines: int
+    items_checked: int
 
 
 class Refused(Exception):
@@ -122,6 +137,47 @@ def now() -> str:
 
 _LIMIT_COLUMNS: Final = "daily_quota, rate_per_second, daily_checks, daily_filter_downloads"
 _ORG_COLUMNS: Final = f"name, created_at, revoked_at, {_LIMIT_COLUMNS}"
+_NOT_CLOSING: Final = f"('{events.STARTED}', '{events.ANSWERED}', '{events.DUPLICATE_REQUEST}')"
+_AUDIT_COUNTS: Final = f"""
+WITH checks AS (
+    SELECT
+        MIN(CASE WHEN outcome = '{events.STARTED}' THEN id END) AS opened,
+        MIN(CASE WHEN outcome NOT IN {_NOT_CLOSING} THEN id END) AS closed,
+        SUM(CASE WHEN outcome = '{events.ANSWERED}' THEN items_checked ELSE 0 END) AS answered
+    FROM audit
+    WHERE at >= ? AND request_id <> '-'
+    GROUP BY request_id
+    HAVING MIN(CASE WHEN outcome = '{events.STARTED}' THEN id END) IS NOT NULL
+),
+lines AS (
+    SELECT
+        substr(opening.at, 1, 10) AS day,
+        opening.organisation,
+        opening.mode,
+        COALESCE(closing.outcome, 'interrupted') AS outcome,
+        COALESCE(closing.items_checked, checks.answered) AS items_checked
+    FROM checks
+    JOIN audit AS opening ON opening.id = checks.opened
+    LEFT JOIN audit AS closing ON closing.id = checks.closed
+    UNION ALL
+    SELECT substr(at, 1, 10), organisation, mode, outcome, items_checked
+    FROM audit
+    WHERE at >= ?
+        AND outcome NOT IN ('{events.STARTED}', '{events.ANSWERED}')
+        AND id NOT IN (SELECT closed FROM checks WHERE closed IS NOT NULL)
+)
+SELECT day, organisation, mode, outcome, COUNT(*), SUM(items_checked)
+FROM lines
+GROUP BY day, organisation, mode, outcome
+ORDER BY day, organisation, mode, outcome
+"""
+"""`AuditCount`s of the rows since a time, as `summarise` reads them. A check is the rows of
+one request id from its `started` row, which always has an id and is the first row with it
+(`open_check` refuses an id already in the log): it counts once, on its opening day, with
+its first closing row's outcome and total, or as `interrupted` with the numbers of its
+`answered` rows. Every other row but an `answered` one is a line of its own: a refusal, a
+filter download, a reused id, a second closing row, or the closing row of a check opened
+before the period."""
 _AUDIT_COLUMNS: Final = (
     "at, organisation, request_id, mode, purpose, items_checked, items_opted_out, "
     "register_version, outcome"
@@ -398,6 +454,16 @@ class Accounts:
         with self._read() as db:
             rows = db.all(f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id", parameters)
         return [AuditRecord(*row) for row in rows]
+
+    def audit_counts(self, since: str) -> list[AuditCount]:
+        """What `summarise(self.audit(since=since))` would count per day, organisation, mode
+        and outcome, counted by the database without reading the rows out."""
+        with self._read() as db:
+            rows = db.all(_AUDIT_COUNTS, (since, since))
+        return [
+            AuditCount(day, organisation, mode, outcome, int(lines), int(items))
+            for day, organisation, mode, outcome, lines, items in rows
+        ]
 
     def verify_audit(self, key: bytes) -> audit_chain.ChainReport:
         with self._read() as db:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import structlog
 
 from ndop_server import audit_record as events
-from ndop_server.accounts import MODES, Accounts, today
-from ndop_server.audit_view import summarise
+from ndop_server.accounts import MODES, Accounts, AuditCount, today
 from ndop_server.errors import StoreError
 from ndop_server.locations import StoreLocation
 from ndop_server.metrics import ServerMetrics
@@ -102,7 +101,7 @@ class StatusSource:
             with Store(self._store) as store:
                 history = store.history(self._versions)
             quotas = self._quotas()
-            activity, refusals = self._activity(first_day.isoformat())
+            activity, refusals = activity_tables(self._accounts.audit_counts(first_day.isoformat()))
             audit = self._audit_state(now)
         except StoreError as exc:
             log.warning("status.store_unavailable", reason=str(exc))
@@ -146,47 +145,6 @@ class StatusSource:
             )
         return quotas
 
-    def _activity(self, since: str) -> tuple[list[DayActivity], list[RefusalCount]]:
-        """Checks, numbers and filter downloads per day and organisation, and refusals, from
-        the audit log's lines since `since` (a check counts on the day it opened)."""
-        counts: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        refusals: Counter[tuple[str, str | None, str]] = Counter()
-        for line in summarise(self._accounts.audit(since=since)):
-            day = line.at[:10]
-            if line.outcome == events.AUTH_FAILED:
-                refusals[day, None, line.outcome] += 1
-                continue
-            tally = counts[day, line.organisation]
-            if line.outcome == events.FILTER_DOWNLOAD:
-                tally["filters"] += 1
-            elif line.mode in MODES:
-                tally["checks"] += 1
-                tally["numbers"] += line.items_checked
-                if line.outcome == events.COMPLETED:
-                    tally["completed"] += 1
-                elif line.outcome in REASONS:
-                    tally["refused"] += 1
-                    refusals[day, line.organisation, line.outcome] += 1
-        activity = [
-            DayActivity(
-                day=day,
-                organisation=organisation,
-                checks=tally["checks"],
-                completed=tally["completed"],
-                refused=tally["refused"],
-                numbers=tally["numbers"],
-                filter_downloads=tally["filters"],
-            )
-            for (day, organisation), tally in counts.items()
-        ]
-        activity.sort(key=lambda row: (_descending(row.day), row.organisation))
-        refused = [
-            RefusalCount(day, organisation, outcome, count)
-            for (day, organisation, outcome), count in refusals.items()
-        ]
-        refused.sort(key=lambda row: (_descending(row.day), row.organisation or "", row.outcome))
-        return activity, refused
-
     def _audit_state(self, now: float) -> AuditState:
         if self._audit is not None and now - self._audit[0] < self._audit_check_seconds:
             return self._audit[1]
@@ -201,6 +159,50 @@ class StatusSource:
             log.warning("status.audit_chain_broken", problems=len(report.problems))
         self._audit = (now, state)
         return state
+
+
+def activity_tables(
+    counts: Iterable[AuditCount],
+) -> tuple[list[DayActivity], list[RefusalCount]]:
+    """Checks, numbers and filter downloads per day and organisation, and refusals, from the
+    audit log's lines counted by the store (a check counts on the day it opened)."""
+    tallies: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    refusals: Counter[tuple[str, str | None, str]] = Counter()
+    for count in counts:
+        day, lines = count.day, count.lines
+        if count.outcome == events.AUTH_FAILED:
+            refusals[day, None, count.outcome] += lines
+            continue
+        tally = tallies[day, count.organisation]
+        if count.outcome == events.FILTER_DOWNLOAD:
+            tally["filters"] += lines
+        elif count.mode in MODES:
+            tally["checks"] += lines
+            tally["numbers"] += count.items_checked
+            if count.outcome == events.COMPLETED:
+                tally["completed"] += lines
+            elif count.outcome in REASONS:
+                tally["refused"] += lines
+                refusals[day, count.organisation, count.outcome] += lines
+    activity = [
+        DayActivity(
+            day=day,
+            organisation=organisation,
+            checks=tally["checks"],
+            completed=tally["completed"],
+            refused=tally["refused"],
+            numbers=tally["numbers"],
+            filter_downloads=tally["filters"],
+        )
+        for (day, organisation), tally in tallies.items()
+    ]
+    activity.sort(key=lambda row: (_descending(row.day), row.organisation))
+    refused = [
+        RefusalCount(day, organisation, outcome, count)
+        for (day, organisation, outcome), count in refusals.items()
+    ]
+    refused.sort(key=lambda row: (_descending(row.day), row.organisation or "", row.outcome))
+    return activity, refused
 
 
 def _descending(day: str) -> tuple[int, ...]:
