@@ -174,6 +174,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
     ) -> Iterator[Response]:
         """The stream both modes share: context first, then batches, then a signed summary.
         Every exit writes the check's closing audit row."""
+        opened = time.perf_counter()
         organisation = self._organisation(context, "check")
         with ExitStack() as stack:
             try:
@@ -261,6 +262,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             register_version=session.served.version,
             items=session.items,
             opted_out=session.opted_out if mode == "hashed" else None,
+            seconds=round(time.perf_counter() - opened, 3),
         )
 
     def _log_audit_head(self) -> None:
@@ -328,11 +330,12 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         def answer(
             request: ndop_pb2.HashedCheckRequest, session: CheckSession
         ) -> ndop_pb2.HashedCheckResponse | None:
-            if not request.digests:
+            digests = request.digests  # each read of a bytes field copies it
+            if not digests:
                 return None
-            count = self._hashed.count(request.batch_id, request.digests)
-            session.charge(count, request.digests)
-            bits, hits = self._hashed.answer(view, request.digests)
+            count = self._hashed.count(request.batch_id, digests)
+            session.charge(count, digests)
+            bits, hits = self._hashed.answer(view, digests)
             session.opted_out += hits
             return ndop_pb2.HashedCheckResponse(
                 batch=ndop_pb2.MembershipBatch(
@@ -463,11 +466,12 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
         def answer(
             request: ndop_pb2.EvaluateRequest, session: CheckSession
         ) -> ndop_pb2.EvaluateResponse | None:
-            if not request.blinded_elements:
+            blinded = request.blinded_elements  # each read of a bytes field copies it
+            if not blinded:
                 return None
-            count = self._evaluator.count(request.batch_id, request.blinded_elements)
-            session.charge(count, request.blinded_elements)
-            elements = self._evaluator.answer(request.batch_id, request.blinded_elements)
+            count = self._evaluator.count(request.batch_id, blinded)
+            session.charge(count, blinded)
+            elements = self._evaluator.answer(request.batch_id, blinded)
             return ndop_pb2.EvaluateResponse(
                 batch=ndop_pb2.EvaluatedBatch(
                     batch_id=request.batch_id,
