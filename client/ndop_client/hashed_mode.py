@@ -8,23 +8,15 @@ small enough to leave the cores to the client.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 
 import numpy as np
 
+from ndop_client.check_stream import CheckStream
 from ndop_client.compatibility import require_hashed
-from ndop_client.matching import (
-    HASHED_BATCH_ITEMS,
-    ExpectedReceipt,
-    MatchOutcome,
-    batch_bounds,
-    expect_batch,
-    require_complete,
-    require_truthful_receipt,
-)
+from ndop_client.matching import HASHED_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
 from ndop_client.stall import StallPolicy
@@ -49,76 +41,31 @@ def match_hashed(
 ) -> MatchOutcome:
     """Check `values` in hashed mode; with `pool`, its `workers` processes hash most batches."""
     require_hashed(info)
-    submitted = hashlib.sha256()
-    watch = stall.watch("the check")
     bounds = batch_bounds(
         len(values), min(HASHED_BATCH_ITEMS, info.max_batch_items or HASHED_BATCH_ITEMS)
     )
-
-    request_error: list[BaseException] = []
-
-    def requests() -> Iterator[ndop_pb2.HashedCheckRequest]:
-        # gRPC reports an exception raised here only as "Exception iterating requests";
-        # keep it so the caller sees what really went wrong.
-        try:
-            yield ndop_pb2.HashedCheckRequest(context=context)
-            for batch_id, digests in _digests(info, values, bounds, pool, workers):
-                submitted.update(digests)
-                watch.expect()
-                yield ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
-            watch.expect()  # the summary
-        except Exception as exc:
-            request_error.append(exc)
-            raise
-
+    stream = CheckStream("hashed", info.register_id, context, len(values), bounds, stall, progress)
+    requests = stream.requests(
+        ndop_pb2.HashedCheckRequest(context=context),
+        _digests(info, values, bounds, pool, workers),
+        _request,
+    )
     opted_out = np.zeros(len(values), dtype=bool)
-    answered = 0
     version: int | None = None
-    summary: ndop_pb2.CheckSummary | None = None
-    progress.start(len(values), "checking")
-    call = stub.CheckHashed(requests(), metadata=metadata)
-    try:
-        with watch.guarding(call):
-            for response in call:
-                watch.received()
-                if response.HasField("summary"):
-                    summary = response.summary
-                    continue
-                batch = response.batch
-                if version is None:
-                    version = batch.register_version
-                elif batch.register_version != version:
-                    raise RequestRejected("the server mixed register versions within one check")
-                start, end = expect_batch(batch.batch_id, bounds, batch.count)
-                opted_out[start:end] = unpack_bits(batch.opted_out, end - start)
-                answered += 1
-                progress.advance(end - start)
-    except BaseException:
-        call.cancel()
-        if request_error:
-            raise request_error[0] from None
-        raise
-    finally:
-        progress.finish()
-    summary = require_complete(answered, bounds, summary)
-    answered_from = version if version is not None else summary.register_version
-    require_truthful_receipt(
-        summary,
-        ExpectedReceipt(
-            register_id=info.register_id,
-            register_version=answered_from,
-            mode="hashed",
-            request_id=context.request_id,
-            items=len(values),
-            submitted_sha256=submitted.digest(),
-        ),
-    )
-    return MatchOutcome(
-        opted_out=opted_out,
-        register_version=answered_from,
-        register_count=summary.register_count,
-        summary=summary,
-    )
+    with stream.answers(stub.CheckHashed, requests, metadata) as batches:
+        for batch in batches:
+            if version is None:
+                version = batch.register_version
+            elif batch.register_version != version:
+                raise RequestRejected("the server mixed register versions within one check")
+            start, end = expect_batch(batch.batch_id, bounds, batch.count)
+            opted_out[start:end] = unpack_bits(batch.opted_out, end - start)
+            progress.advance(end - start)
+    return stream.outcome(opted_out, version)
+
+
+def _request(batch_id: int, digests: bytes) -> ndop_pb2.HashedCheckRequest:
+    return ndop_pb2.HashedCheckRequest(batch_id=batch_id, digests=digests)
 
 
 def _digests(
