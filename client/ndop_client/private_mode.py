@@ -7,7 +7,6 @@ the one filter version downloaded at the start, whatever the server publishes me
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
@@ -18,17 +17,10 @@ import grpc
 import numpy as np
 
 from ndop_client import private_workers
+from ndop_client.check_stream import CheckStream
 from ndop_client.compatibility import require_private
 from ndop_client.filter_cache import cached_filter, fetch_filter
-from ndop_client.matching import (
-    PRIVATE_BATCH_ITEMS,
-    ExpectedReceipt,
-    MatchOutcome,
-    batch_bounds,
-    expect_batch,
-    require_complete,
-    require_truthful_receipt,
-)
+from ndop_client.matching import PRIVATE_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
 from ndop_client.stall import StallPolicy
@@ -66,57 +58,41 @@ def match_private(
     if cached.key_id != info.oprf_key_id:
         raise IntegrityError("the filter was made with another OPRF key than the server's")
     context.register_version = cached.register_version
-    submitted = hashlib.sha256()
     batch_items = min(PRIVATE_BATCH_ITEMS, info.max_batch_items or PRIVATE_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)
     window = 2 * workers + 2
-    watch = resources.stall.watch("the check")
+    stream = CheckStream(
+        "private", info.register_id, context, len(values), bounds, resources.stall, progress
+    )
     blinds: dict[int, bytes] = {}
-    request_error: list[BaseException] = []
 
     def blind(batch_id: int) -> Future[tuple[bytes, bytes]]:
         start, end = bounds[batch_id]
         return pool.submit(private_workers.blind, canonical_bytes(values[start:end]))
 
-    def requests() -> Iterator[ndop_pb2.EvaluateRequest]:
-        try:
-            yield ndop_pb2.EvaluateRequest(context=context)
-            pending: deque[Future[tuple[bytes, bytes]]] = deque()
-            blinding = 0
-            for batch_id in range(len(bounds)):
-                while blinding < len(bounds) and len(pending) < window:
-                    pending.append(blind(blinding))
-                    blinding += 1
-                batch_blinds, blinded = pending.popleft().result()
-                blinds[batch_id] = batch_blinds
-                submitted.update(blinded)
-                watch.expect()
-                yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
-            watch.expect()  # the summary
-        except Exception as exc:
-            request_error.append(exc)
-            raise
+    def blinded() -> Iterator[tuple[int, bytes]]:
+        pending: deque[Future[tuple[bytes, bytes]]] = deque()
+        blinding = 0
+        for batch_id in range(len(bounds)):
+            while blinding < len(bounds) and len(pending) < window:
+                pending.append(blind(blinding))
+                blinding += 1
+            batch_blinds, elements = pending.popleft().result()
+            blinds[batch_id] = batch_blinds
+            yield batch_id, elements
 
+    requests = stream.requests(ndop_pb2.EvaluateRequest(context=context), blinded(), _request)
     opted_out = np.zeros(len(values), dtype=bool)
     finishing: deque[tuple[int, int, Future[bytes]]] = deque()
-    answered = 0
-    summary: ndop_pb2.CheckSummary | None = None
 
     def collect_oldest() -> None:
         start, end, future = finishing.popleft()
         opted_out[start:end] = np.frombuffer(future.result(), dtype=np.uint8).astype(bool)
         progress.advance(end - start)
 
-    progress.start(len(values), "checking")
-    call = stub.Evaluate(requests(), metadata=metadata)
     try:
-        with watch.guarding(call):
-            for response in call:
-                watch.received()
-                if response.HasField("summary"):
-                    summary = response.summary
-                    continue
-                batch = response.batch
+        with stream.answers(stub.Evaluate, requests, metadata) as batches:
+            for batch in batches:
                 if batch.register_version != cached.register_version:
                     raise IntegrityError(
                         "the server answered from another register version than the filter's; "
@@ -142,39 +118,16 @@ def match_private(
                         ),
                     )
                 )
-                answered += 1
                 while len(finishing) > window:
                     collect_oldest()
             while finishing:
                 collect_oldest()
     except grpc.RpcError as exc:
-        if request_error:
-            raise request_error[0] from None
         if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             raise FilterOutdated(f"the server refused the check: {exc.details()}") from None
         raise
-    except BaseException:
-        call.cancel()
-        if request_error:
-            raise request_error[0] from None
-        raise
-    finally:
-        progress.finish()
-    summary = require_complete(answered, bounds, summary)
-    require_truthful_receipt(
-        summary,
-        ExpectedReceipt(
-            register_id=info.register_id,
-            register_version=cached.register_version,
-            mode="private",
-            request_id=context.request_id,
-            items=len(values),
-            submitted_sha256=submitted.digest(),
-        ),
-    )
-    return MatchOutcome(
-        opted_out=opted_out,
-        register_version=cached.register_version,
-        register_count=cached.count,
-        summary=summary,
-    )
+    return stream.outcome(opted_out, cached.register_version, cached.count)
+
+
+def _request(batch_id: int, blinded: bytes) -> ndop_pb2.EvaluateRequest:
+    return ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)
