@@ -21,7 +21,6 @@ import numpy as np
 from ndop_client import report
 from ndop_client.check import FileCheck, check_column, check_file
 from ndop_client.column_values import as_sequence, texts_of
-from ndop_client.filter_cache import default_cache_dir
 from ndop_client.hashed_mode import match_hashed
 from ndop_client.matching import MatchOutcome
 from ndop_client.progress import Progress, ProgressChoice, chosen_progress
@@ -88,7 +87,7 @@ class Client:
         self.stall_timeout = stall_timeout
         self._authenticates = bool(token or os.environ.get("NDOP_TOKEN") or client_cert)
         self._workers = workers or os.cpu_count() or 1
-        self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._chosen_cache_dir = Path(cache_dir) if cache_dir else None
         token = token if token is not None else os.environ.get("NDOP_TOKEN")
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
@@ -276,6 +275,13 @@ class Client:
             progress,
             PrivateResources(self._process_pool(), self._workers, self._cache_dir, self._watch()),
         )
+
+    @property
+    def _cache_dir(self) -> Path:
+        # The filter cache's code is private mode's, loaded only when a check needs it.
+        from ndop_client.filter_cache import default_cache_dir
+
+        return self._chosen_cache_dir or default_cache_dir()
 
     def _watch(self) -> StallPolicy:
         return StallPolicy(self.stall_timeout, self._address)

@@ -14,15 +14,16 @@ import base64
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from ndop_core.errors import ReceiptInvalid, UsageError
 from ndop_core.files import write_json_atomically
 from ndop_core.proto import ndop_pb2
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FORMAT: Final = "ndop-receipt/1"
 
@@ -158,6 +159,9 @@ def _no_constant(name: str) -> NoReturn:
 
 
 def _verifier(public_key: bytes) -> Ed25519PublicKey:
+    # Loaded when a receipt is verified: `ndop check` only writes receipts.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         return Ed25519PublicKey.from_public_bytes(public_key)
     except (TypeError, ValueError) as exc:
@@ -193,6 +197,8 @@ def _base64(text: str, name: str) -> bytes:
 
 
 def _check_signature(verifier: Ed25519PublicKey, signature: bytes, body: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     if len(signature) != _SIGNATURE_BYTES:
         raise ReceiptInvalid("the receipt's signature is not an Ed25519 signature")
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -100,6 +99,8 @@ def apply_file(
 ) -> None:
     """Fill in, from the TOML file at `path`, every option left at its default and not set in
     the environment; unknown keys are an error, so a typo is not silently ignored."""
+    import tomllib  # only `ndop serve --config` reads TOML
+
     environment = os.environ if environment is None else environment
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
