@@ -11,7 +11,9 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 import psycopg
@@ -23,6 +25,7 @@ from ndop_server import store_admin
 from ndop_server.accounts import Accounts, Limits, QuotaExhausted
 from ndop_server.audit_chain import audit_key
 from ndop_server.audit_record import AuditRecord
+from ndop_server.database import open_database
 from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import FILTER_ARTIFACT, Publisher
@@ -140,6 +143,157 @@ def test_a_store_of_a_newer_schema_is_refused(store_location: str, tmp_path: Pat
         tx.run("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer than this ndop"):
         Store(store_location)
+
+
+# --- schema versions -----------------------------------------------------------------------
+
+
+def _schema_version(location: str) -> int:
+    with open_database(location) as db, db.transaction() as tx:
+        row = tx.one("SELECT value FROM meta WHERE key = 'schema_version'")
+    assert row is not None
+    return int(row[0])
+
+
+def _audit_indexes(location: str) -> dict[str, str]:
+    """The audit table's indexes, each with its definition."""
+    with open_database(location) as db, db.transaction() as tx:
+        if db.dialect.name == "postgresql":
+            rows = tx.all("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'audit'")
+        else:
+            rows = tx.all(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit'"
+            )
+    return {name: definition or "" for name, definition in rows}
+
+
+def _every_row(location: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table but the schema version, in an order that does not depend on
+    how the database returns them."""
+    found = {}
+    with open_database(location) as db, db.transaction() as tx:
+        for table, _ in store_admin.TABLES:
+            rows = [
+                tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                for row in tx.all(f"SELECT * FROM {table}")
+            ]
+            if table == "meta":
+                rows = [row for row in rows if row[0] != "schema_version"]
+            found[table] = sorted(rows, key=repr)
+    return found
+
+
+def _as_schema_2(location: str) -> None:
+    """Turn a current store into the version-2 store it would have been: schema 3 only added
+    the audit_by_at index."""
+    assert SCHEMA_VERSION == 3, "a new schema version: undo its changes here too"
+    with open_database(location) as db, db.transaction(lock="schema") as tx:
+        tx.run("DROP INDEX audit_by_at")
+        tx.run("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def test_a_version_2_store_is_refused_then_migrated_with_every_row(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys, token = _a_working_store(store_location, tmp_path)
+    key = audit_key(keys.store_key)
+    with Accounts(store_location, key) as accounts:
+        accounts.add("second", Limits(daily_quota=77))
+        accounts.record(_record("-", "auth-failed"))
+        accounts.rotate_token("mover", timedelta(hours=1))
+    _as_schema_2(store_location)
+    before = _every_row(store_location)
+    assert "audit_by_at" not in _audit_indexes(store_location)
+    for opening in (Store, Accounts):
+        with pytest.raises(StoreError, match=r"has schema 2, older .* run 'ndop store migrate"):
+            opening(store_location)
+
+    migrated = subprocess.run(
+        [*NDOP, "store", "migrate", "--store", store_location],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrated the store's schema from 2 to 3" in migrated.stdout
+
+    assert _schema_version(store_location) == SCHEMA_VERSION == 3
+    assert _every_row(store_location) == before
+    assert "(at)" in _audit_indexes(store_location)["audit_by_at"]
+    with Store(store_location) as store:
+        assert store.latest_number() == 2
+    with Accounts(store_location, key) as accounts:
+        assert accounts.authenticate(token) is not None, "the grace period outlives migration"
+        assert accounts.verify_audit(key).intact
+        accounts.record(_record("mover", "completed", 5))
+        assert accounts.verify_audit(key).rows == 4
+    assert store_admin.migrate(store_location) == (3, 3)
+
+
+_SCHEMA_1: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE versions (
+    version INTEGER PRIMARY KEY, published_at TEXT NOT NULL, count INTEGER NOT NULL,
+    source TEXT NOT NULL, added INTEGER NOT NULL, removed INTEGER NOT NULL,
+    key_id TEXT NOT NULL, filter_sha256 BLOB NOT NULL, filter_size INTEGER NOT NULL
+);
+CREATE TABLE entries (
+    token BLOB NOT NULL, filter_key BLOB NOT NULL, added_in INTEGER NOT NULL, removed_in INTEGER
+);
+CREATE UNIQUE INDEX entries_live ON entries(token) WHERE removed_in IS NULL;
+CREATE TABLE artifacts (
+    version INTEGER NOT NULL, kind TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (version, kind)
+);
+CREATE TABLE organisations (
+    name TEXT PRIMARY KEY, token_sha256 BLOB NOT NULL UNIQUE, created_at TEXT NOT NULL,
+    revoked_at TEXT, hashed_daily_quota INTEGER NOT NULL, private_daily_quota INTEGER NOT NULL
+);
+CREATE TABLE usage (
+    organisation TEXT NOT NULL, mode TEXT NOT NULL, day TEXT NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (organisation, mode, day)
+) WITHOUT ROWID;
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, organisation TEXT NOT NULL,
+    request_id TEXT NOT NULL, mode TEXT NOT NULL, purpose TEXT NOT NULL,
+    items_checked INTEGER NOT NULL, items_opted_out INTEGER, register_version INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+INSERT INTO meta VALUES ('schema_version', '1'), ('register_id', 'r1');
+INSERT INTO organisations VALUES ('old-org', x'01', '2026-11-01T00:00:00.000+00:00', NULL, 10, 30);
+INSERT INTO usage VALUES ('old-org', 'hashed', '2026-11-01', 4);
+INSERT INTO audit (at, organisation, request_id, mode, purpose, items_checked, items_opted_out,
+    register_version, outcome)
+VALUES ('2026-11-01T09:00:00.000+00:00', 'old-org', 'r-1', 'hashed', 'research', 4, 1, 1,
+    'completed'),
+    ('2026-11-02T09:00:00.000+00:00', '-', '-', '-', '-', 0, NULL, 1, 'auth-failed');
+"""
+"""A store as the first ndop left it (SQLite only, before PostgreSQL): a quota per mode, audit
+rows without a chain, no index but the live entries'."""
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["served", "never-served"])
+def test_a_version_1_store_migrates_to_the_current_schema(tmp_path: Path, served: bool) -> None:
+    location = str(tmp_path / "v1.sqlite3")
+    with sqlite3.connect(location) as old:
+        script = _SCHEMA_1
+        if not served:  # the first ndop made the accounts tables when a server opened them
+            script = script[: script.index("CREATE TABLE organisations")]
+            script += "INSERT INTO meta VALUES ('schema_version', '1'), ('register_id', 'r1');"
+        old.executescript(script)
+    assert store_admin.migrate(location) == (1, SCHEMA_VERSION)
+    assert _schema_version(location) == SCHEMA_VERSION
+    assert "(at)" in _audit_indexes(location)["audit_by_at"]
+    with open_database(location) as db, db.transaction() as tx:
+        audit = tx.all("SELECT id, at, organisation, items_checked, outcome, chain FROM audit")
+        organisations = tx.all("SELECT name, daily_quota FROM organisations")
+    if served:
+        assert audit == [
+            (1, "2026-11-01T09:00:00.000+00:00", "old-org", 4, "completed", None),
+            (2, "2026-11-02T09:00:00.000+00:00", "-", 0, "auth-failed", None),
+        ]
+        assert organisations == [("old-org", 30)]
+    else:
+        assert audit == [] and organisations == []
 
 
 # --- accounts ------------------------------------------------------------------------------
@@ -270,6 +424,12 @@ def test_store_copy_moves_everything_between_backends(
     back = tmp_path / "back.sqlite3"
     copied = store_admin.copy(url, str(back))
     assert copied.rows["versions"] == 2 and copied.rows["audit"] == 2
+    backups = [tmp_path / "online.sqlite3", tmp_path / "from-postgresql.sqlite3"]
+    store_admin.backup(sqlite_store, backups[0])
+    store_admin.backup(url, backups[1])
+    for made in (url, str(back), *map(str, backups)):
+        assert _schema_version(made) == SCHEMA_VERSION
+        assert "(at)" in _audit_indexes(made)["audit_by_at"]
     for location in (url, str(back)):
         with Store(location) as store:
             assert store.latest() == Store(sqlite_store).latest()
