@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,10 +24,10 @@ import pytest
 from ndop_client import Client, Status
 from ndop_server import keys as keyfile
 from ndop_server import store_admin
-from ndop_server.accounts import Accounts, Limits, QuotaExhausted
+from ndop_server.accounts import _AUDIT_COLUMNS, Accounts, Limits, QuotaExhausted
 from ndop_server.audit_chain import audit_key
 from ndop_server.audit_record import AuditRecord
-from ndop_server.database import open_database
+from ndop_server.database import Transaction, open_database
 from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import FILTER_ARTIFACT, Publisher
@@ -391,6 +393,89 @@ def test_tampering_past_the_triggers_is_found_in_either_backend(
         report = accounts.verify_audit(key)
     assert "row 2 was altered after it was written" in report.problems
     assert "row 5 was removed from the end of the log" in report.problems
+
+
+class _Explaining:
+    """A read transaction that keeps each query's plan before running it."""
+
+    def __init__(self, tx: Transaction, postgres: bool, plans: dict[str, list[str]]) -> None:
+        self._tx, self._postgres, self.plans = tx, postgres, plans
+
+    def all(self, sql: str, parameters: Any = ()) -> list[Any]:
+        if self._postgres:
+            ((document,),) = self._tx.all("EXPLAIN (FORMAT JSON) " + sql, parameters)
+            self.plans[sql] = list(_postgres_scans(document[0]["Plan"]))
+        else:
+            rows = self._tx.all("EXPLAIN QUERY PLAN " + sql, parameters)
+            self.plans[sql] = [row[3] for row in rows]
+        return self._tx.all(sql, parameters)
+
+
+def _postgres_scans(node: dict[str, Any]) -> Iterator[str]:
+    """Each scan that chooses what is read, as 'type on table using index: condition' (a Bitmap
+    Heap Scan reads what its Bitmap Index Scan found)."""
+    if node["Node Type"] in ("Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Index Scan"):
+        yield (
+            f"{node['Node Type']} on {node.get('Relation Name', '')} "
+            f"using {node.get('Index Name', '')}: {node.get('Index Cond', '')}"
+        )
+    for child in node.get("Plans", []):
+        yield from _postgres_scans(child)
+
+
+def test_a_period_of_the_audit_log_is_read_through_its_time_index(
+    store_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ndop audit --since` and the status page's counts read the period's rows by
+    audit_by_at, never the whole log, on a log of 400 days of which the period is the last
+    week (statistics taken, as PostgreSQL's autovacuum would)."""
+    _publish(store_location, _keys(tmp_path), tmp_path / "a.dat", valid_numbers(5, "999"))
+    end = datetime(2026, 11, 26, tzinfo=UTC)
+    rows = []
+    for n in range(1, 20_001):
+        at = (end - timedelta(days=400) * (1 - n / 20_000)).isoformat(timespec="milliseconds")
+        check, step = divmod(n, 4)
+        outcome, request = [
+            ("auth-failed", "-"),
+            ("started", f"r{check}"),
+            ("answered", f"r{check}"),
+            ("completed", f"r{check}"),
+        ][step]
+        rows.append((n, at, f"org-{check % 3}", request, "hashed", "research", 9, 1, 1, outcome))
+    with Store(store_location) as store:
+        with store.db.transaction(lock="accounts") as tx:
+            tx.load("audit", ["id", *_AUDIT_COLUMNS.split(", ")], rows)
+        if store.db.dialect.name == "postgresql":
+            with store.db.transaction() as tx:
+                tx.run("ANALYZE audit")
+    since = (end - timedelta(days=7)).isoformat(timespec="milliseconds")
+    with Accounts(store_location) as accounts:
+        everything = accounts.audit()
+        postgres = accounts._db.dialect.name == "postgresql"
+        plans: dict[str, list[str]] = {}
+
+        @contextmanager
+        def explaining() -> Iterator[_Explaining]:
+            with accounts._db.transaction() as tx:
+                yield _Explaining(tx, postgres, plans)
+
+        monkeypatch.setattr(accounts, "_read", explaining)
+        assert accounts.audit(since=since) == [r for r in everything if r.at >= since]
+        assert accounts.audit("org-1", since) == [
+            r for r in everything if r.at >= since and r.organisation == "org-1"
+        ]
+        assert accounts.audit_counts(since[:10])
+    assert len(plans) == 3
+    for sql, plan in plans.items():
+        shown = "\n".join(plan)
+        assert any("audit_by_at" in step for step in plan), f"{sql}\n{shown}"
+        if postgres:
+            # Every scan of the log is by a condition on an index: the period's by `at`,
+            # and single rows by id. A Seq Scan, or an index walked whole, reads the log.
+            assert all("audit" not in step or step.split(": ")[1] for step in plan), shown
+        else:
+            whole = ("SCAN audit", "SCAN opening", "SCAN closing")
+            assert not [step for step in plan if step.startswith(whole)], shown
 
 
 # --- moving stores -------------------------------------------------------------------------
