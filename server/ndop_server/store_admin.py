@@ -51,6 +51,8 @@ TABLES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "rate_per_second",
             "daily_checks",
             "daily_filter_downloads",
+            "previous_token_sha256",
+            "previous_token_until",
         ),
     ),
     ("usage", ("organisation", "mode", "day", "used")),
