@@ -1,4 +1,4 @@
-"""The one stream of a check, as hashed and private mode both run it.
+"""The one stream of a check, as hashed mode, private mode and a Spark check run it.
 
 Each mode says what it sends (digests or blinded elements) and what an answer means; this
 keeps the rest: the running SHA-256 of what was sent, an exception raised while making the
@@ -24,6 +24,7 @@ from ndop_client.matching import (
 )
 from ndop_client.progress import Progress
 from ndop_client.stall import StallPolicy, StallWatch
+from ndop_core.errors import RequestRejected
 from ndop_core.proto import ndop_pb2
 
 Request = TypeVar("Request")
@@ -31,18 +32,20 @@ Request = TypeVar("Request")
 
 @dataclass
 class CheckStream:
-    """One check of `items` numbers in `bounds` batches, in `mode`, under `context`."""
+    """One check of `items` numbers in `bounds` batches (None: as many as are sent, for a
+    caller that learns its batches as it goes), in `mode`, under `context`."""
 
     mode: str
     register_id: str
     context: ndop_pb2.CheckContext
     items: int
-    bounds: Sequence[tuple[int, int]]
+    bounds: Sequence[tuple[int, int]] | None
     stall: InitVar[StallPolicy]
     progress: Progress
     _watch: StallWatch = field(init=False)
     _submitted: hashlib._Hash = field(init=False, default_factory=hashlib.sha256)
     _request_error: list[BaseException] = field(init=False, default_factory=list)
+    _batches_sent: int = field(init=False, default=0)
     _answered: int = field(init=False, default=0)
     _summary: ndop_pb2.CheckSummary | None = field(init=False, default=None)
 
@@ -63,6 +66,7 @@ class CheckStream:
             yield opening
             for batch_id, payload in batches:
                 self._submitted.update(payload)
+                self._batches_sent += 1
                 self._watch.expect()
                 yield request(batch_id, payload)
             self._watch.expect()  # the summary
@@ -111,22 +115,35 @@ class CheckStream:
         """`opted_out` as answered by register version `answered_from` (None: no batch said,
         so the summary's) of `register_count` numbers (None: as the summary says), once every
         batch was answered and the receipt describes this check truthfully."""
-        summary = require_complete(self._answered, self.bounds, self._summary)
-        version = answered_from if answered_from is not None else summary.register_version
+        summary = self.summary(answered_from)
+        return MatchOutcome(
+            opted_out=opted_out,
+            register_version=summary.register_version,  # the receipt check held it to answered_from
+            register_count=summary.register_count if register_count is None else register_count,
+            summary=summary,
+        )
+
+    def summary(
+        self, answered_from: int | None, incomplete: str | None = None
+    ) -> ndop_pb2.CheckSummary:
+        """The summary, once every batch was answered (RequestRejected saying `incomplete`
+        if not, or require_complete's words) and the receipt describes this check truthfully
+        as answered by register version `answered_from` (None: the summary's)."""
+        batches = self._batches_sent if self.bounds is None else len(self.bounds)
+        if incomplete is not None and (self._answered != batches or self._summary is None):
+            raise RequestRejected(incomplete)
+        summary = require_complete(self._answered, batches, self._summary)
         require_truthful_receipt(
             summary,
             ExpectedReceipt(
                 register_id=self.register_id,
-                register_version=version,
+                register_version=(
+                    summary.register_version if answered_from is None else answered_from
+                ),
                 mode=self.mode,
                 request_id=self.context.request_id,
                 items=self.items,
                 submitted_sha256=self._submitted.digest(),
             ),
         )
-        return MatchOutcome(
-            opted_out=opted_out,
-            register_version=version,
-            register_count=summary.register_count if register_count is None else register_count,
-            summary=summary,
-        )
+        return summary

@@ -43,10 +43,10 @@ def expect_batch(batch_id: int, bounds: Sequence[tuple[int, int]], count: int) -
 
 
 def require_complete(
-    answered: int, bounds: Sequence[tuple[int, int]], summary: ndop_pb2.CheckSummary | None
+    answered: int, batches: int, summary: ndop_pb2.CheckSummary | None
 ) -> ndop_pb2.CheckSummary:
-    """The summary of a stream in which every batch was answered; RequestRejected otherwise."""
-    if answered != len(bounds):
+    """The summary of a stream in which all `batches` were answered; RequestRejected otherwise."""
+    if answered != batches:
         raise RequestRejected("the server did not answer every batch")
     if summary is None:
         raise RequestRejected("the server ended the check without a summary")

@@ -27,7 +27,6 @@ is logged. ndop must be installed where the executors run Python.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 from collections import Counter
@@ -45,11 +44,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql.types import StringType, StructField, StructType
 
 from ndop_client import spark_tasks
+from ndop_client.check_stream import CheckStream
 from ndop_client.client import Client, Connection
 from ndop_client.compatibility import require_private
 from ndop_client.filter_cache import CachedFilter, cached_filter, fetch_filter
 from ndop_client.frames import STATUS_COLUMN, Output, require_column, require_output
-from ndop_client.matching import ExpectedReceipt, require_truthful_receipt
+from ndop_client.progress import NoProgress
 from ndop_client.register_info import RegisterInfo
 from ndop_core import receipts
 from ndop_core.crypto import oprf
@@ -232,54 +232,35 @@ class _Evaluation:
         self._sc = sc
         self._filter = filter_broadcast
         self._sent: dict[int, tuple[bytes, bytes, bytes]] = {}
-        self._batches = 0
-        self._submitted = hashlib.sha256()
-        self._request_error: list[BaseException] = []
         self._waves: list[Future[list[tuple[bytes, bytes]]]] = []
         self._limit = min(spark_tasks.BATCH_ITEMS, info.max_batch_items or spark_tasks.BATCH_ITEMS)
 
     def run(self, blinded: DataFrame, unique: int) -> _Answer:
-        watch = self._connection.stall.watch("the check")
+        connection, context = self._connection, self._context
+        stream = CheckStream(
+            "private", self._info.register_id, context, unique, None, connection.stall, NoProgress()
+        )
+        requests = stream.requests(
+            ndop_pb2.EvaluateRequest(context=context), self._blinded(blinded), _request
+        )
         wave: list[tuple[bytes, bytes, bytes, bytes]] = []
-        wave_items = answered = 0
-        summary: ndop_pb2.CheckSummary | None = None
+        wave_items = 0
         with ThreadPoolExecutor(1, thread_name_prefix="ndop-wave") as unblinding:
-            call = self._connection.stub.Evaluate(
-                self._requests(blinded, watch), metadata=self._connection.metadata
-            )
-            try:
-                with self._connection.errors(), watch.guarding(call):
-                    for response in call:
-                        watch.received()
-                        if response.HasField("summary"):
-                            summary = response.summary
-                            continue
-                        wave.append(self._answered(response.batch))
-                        answered += 1
-                        wave_items += response.batch.count
-                        if wave_items >= WAVE_ITEMS:
-                            self._waves.append(unblinding.submit(self._unblind, wave))
-                            wave, wave_items = [], 0
-            except BaseException:
-                call.cancel()
-                if self._request_error:
-                    raise self._request_error[0] from None
-                raise
+            with (
+                connection.errors(),
+                stream.answers(connection.stub.Evaluate, requests, connection.metadata) as batches,
+            ):
+                for batch in batches:
+                    wave.append(self._answered(batch))
+                    wave_items += batch.count
+                    if wave_items >= WAVE_ITEMS:
+                        self._waves.append(unblinding.submit(self._unblind, wave))
+                        wave, wave_items = [], 0
             if wave:
                 self._waves.append(unblinding.submit(self._unblind, wave))
             found = [pair for future in self._waves for pair in future.result()]
-        if self._sent or answered != self._batches or summary is None:
-            raise RequestRejected("the server did not answer every batch of the check")
-        require_truthful_receipt(
-            summary,
-            ExpectedReceipt(
-                register_id=self._info.register_id,
-                register_version=self._cached.register_version,
-                mode="private",
-                request_id=self._context.request_id,
-                items=unique,
-                submitted_sha256=self._submitted.digest(),
-            ),
+        summary = stream.summary(
+            self._cached.register_version, "the server did not answer every batch of the check"
         )
         values = [np.frombuffer(v, dtype="<i8") for v, _ in found]
         counts = [np.frombuffer(c, dtype="<i8") for _, c in found]
@@ -287,28 +268,22 @@ class _Evaluation:
         rows = int(np.concatenate(counts).sum()) if counts else 0
         return _Answer(opted.astype(np.int64), rows, summary)
 
-    def _requests(self, blinded: DataFrame, watch: Any) -> Iterator[ndop_pb2.EvaluateRequest]:
+    def _blinded(self, blinded: DataFrame) -> Iterator[tuple[int, bytes]]:
+        """(batch id, blinded elements) of each batch as Spark blinds the partitions, what
+        unblinds the answer kept; a failed Spark job is SparkJobFailed."""
         try:
-            yield ndop_pb2.EvaluateRequest(context=self._context)
-            for row in _spark(lambda: blinded.toLocalIterator(prefetchPartitions=True)):
-                for values, counts, blinds, elements in self._split(row):
-                    batch_id = self._batches
-                    self._batches += 1
-                    self._sent[batch_id] = (values, counts, blinds)
-                    self._submitted.update(elements)
-                    watch.expect()
-                    yield ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=elements)
-            watch.expect()  # the summary
-        except Exception as exc:
-            self._request_error.append(
-                exc
-                if isinstance(exc, NdopError)
-                else SparkJobFailed(
-                    f"the Spark job blinding the numbers failed ({type(exc).__name__}); "
-                    "Spark's logs say why"
-                )
-            )
+            rows = _spark(lambda: blinded.toLocalIterator(prefetchPartitions=True))
+            batches = (batch for row in rows for batch in self._split(row))
+            for batch_id, (values, counts, blinds, elements) in enumerate(batches):
+                self._sent[batch_id] = (values, counts, blinds)
+                yield batch_id, elements
+        except NdopError:
             raise
+        except Exception as exc:
+            raise SparkJobFailed(
+                f"the Spark job blinding the numbers failed ({type(exc).__name__}); "
+                "Spark's logs say why"
+            ) from exc
 
     def _split(self, row: Any) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
         """A blinded row as batches the server accepts (it may take fewer than 2,048)."""
@@ -352,6 +327,10 @@ class _Evaluation:
             lambda: rdd.mapPartitions(partial(_unblind_partition, self._filter)).collect()
         )
         return found
+
+
+def _request(batch_id: int, elements: bytes) -> ndop_pb2.EvaluateRequest:
+    return ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=elements)
 
 
 def _counts(by_partition: list[Any], unique: int, answer: _Answer) -> dict[str, int]:
