@@ -114,6 +114,42 @@ def test_stdin_to_stdout(
     assert "cleared 7" in done.stderr.decode()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_standard_output_is_an_error_not_exit_0(
+    server: RunningServer, address: str, tmp_path: Path, numbers: tuple[list[str], list[str]]
+) -> None:
+    opted, kept = numbers
+    cohort = tmp_path / "c.dat"
+    cohort.write_text("".join(f"{n},\n" for n in [*opted, *kept]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for extra in ((), ("--report", "-")):
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                [
+                    *NDOP,
+                    "check",
+                    cohort,
+                    "--server",
+                    address,
+                    "--insecure",
+                    "--out",
+                    tmp_path / "out.dat",
+                    *PURPOSE,
+                    "--mode",
+                    "hashed",
+                    *extra,
+                ],
+                cwd=tmp_path,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+        assert done.returncode != 0
+        assert "No space left on device" in one_sentence(done.stderr)
+
+
 def test_report_to_stdout(
     server: RunningServer, address: str, tmp_path: Path, numbers: tuple[list[str], list[str]]
 ) -> None:

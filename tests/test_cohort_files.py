@@ -7,6 +7,7 @@ Only synthetic 999-range numbers are used (the `register` fixture's, or complete
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -478,12 +479,20 @@ def test_cleared_writer_commit_and_abort(tmp_path: Path) -> None:
     writer.commit()
     assert out.read_bytes() == f"{canon(b)},\r\n".encode()
 
+    zipped = tmp_path / "out.dat.gz"
+    writer = ClearedWriter(cohort, zipped)
+    writer.write(chunk, np.array([True, True]), values)
+    writer.commit()
+    # Complete the moment commit returns, while the writer still lives (the command exits
+    # without tearing objects down, so nothing may wait for them to be collected).
+    assert gzip.decompress(zipped.read_bytes()) == f"{canon(a)},\r\n{canon(b)},\r\n".encode()
+
     aborted = tmp_path / "aborted.dat"
     writer = ClearedWriter(cohort, aborted)
     writer.write(chunk, np.array([True, True]), values)
     writer.abort()
     assert not aborted.exists()
-    assert leftovers(tmp_path, {"c.dat", "out.dat"}) == set()
+    assert leftovers(tmp_path, {"c.dat", "out.dat", "out.dat.gz"}) == set()
 
 
 def test_output_replaced_atomically_and_kept_when_writing_fails(
@@ -504,12 +513,12 @@ def test_output_replaced_atomically_and_kept_when_writing_fails(
     with pytest.raises(OSError):
         check_file(CohortFile(cohort_path), out, SetMatcher(set()), "hashed")
     assert out.read_text() == "previous result\n"
-    assert leftovers(tmp_path, {"c.dat", "out.dat"}) == set()
+    assert leftovers(tmp_path, {"c.dat", "out.dat", "out.dat.gz"}) == set()
 
     monkeypatch.setattr(ClearedWriter, "write_numbers", original)
     check_file(CohortFile(cohort_path), out, SetMatcher(set()), "hashed")
     assert out.read_text() == f"{a},\n"
-    assert leftovers(tmp_path, {"c.dat", "out.dat"}) == set()
+    assert leftovers(tmp_path, {"c.dat", "out.dat", "out.dat.gz"}) == set()
 
 
 def test_output_in_missing_directory_is_an_input_error(tmp_path: Path) -> None:

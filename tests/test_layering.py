@@ -68,6 +68,63 @@ def test_importing_the_core_loads_nothing_heavy() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def _python(code: str, **env: str) -> str:
+    """What `python -c code` prints, in an environment without BLAS thread settings."""
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**environment, **env},
+    )
+    return done.stdout.strip()
+
+
+def test_the_sdk_loads_its_names_on_first_use_and_all_of_them_resolve() -> None:
+    code = (
+        "import sys, ndop_client\n"
+        "print(sorted({'grpc', 'numpy'} & set(sys.modules)))\n"
+        "print(sorted(ndop_client.__all__) == sorted(ndop_client._HOMES))\n"
+        "print(all(getattr(ndop_client, name) for name in ndop_client.__all__))\n"
+        "print(len(dir(ndop_client)) == len(set(dir(ndop_client))))\n"
+    )
+    assert _python(code).splitlines() == ["[]", "True", "True", "True"]
+
+
+def test_the_command_asks_for_one_blas_thread_and_the_sdk_leaves_it_alone() -> None:
+    """NumPy's OpenBLAS starts a spinning thread per core as it loads; ndop never multiplies
+    matrices, so its own processes ask for one, but a library must not decide that for the
+    program that imports it."""
+    show = "import os; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    assert _python(f"import ndop_client; ndop_client.Client; {show}") == "None"
+    assert _python(f"import ndop_client.cli.main; {show}") == "1"
+    assert _python(f"import ndop_client.cli.main; {show}", OPENBLAS_NUM_THREADS="4") == "4"
+
+
+def test_a_hashed_check_loads_only_what_it_runs(
+    register: Register, server: RunningServer, address: str, token: str, tmp_path: Path
+) -> None:
+    """No receipt verification (cryptography), filter cache, TOML or package metadata: a
+    hashed check's start-up is part of what it costs."""
+    cohort = write_numbers(tmp_path / "cohort.dat", register.not_opted_out[:5])
+    code = (
+        "import sys\n"
+        "from ndop_client.cli.main import main\n"
+        f"args = ['check', {str(cohort)!r}, '--server', {address!r}, '--insecure', "
+        f"'--mode', 'hashed', '--purpose', 'research', '--out', {str(tmp_path / 'out.dat')!r}]\n"
+        "code = main(args)\n"
+        "unneeded = {'cryptography', 'tomllib', 'importlib.metadata', "
+        "'ndop_client.filter_cache', 'ndop_client.private_mode', 'rbcl'}\n"
+        "print(code, sorted(unneeded & set(sys.modules)))\n"
+    )
+    printed = _python(code, NDOP_TOKEN=token, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert printed.splitlines()[-1] == "0 []"
+
+
 BLOCKER = textwrap.dedent(
     f"""
     import importlib.abc

@@ -624,6 +624,8 @@ def test_the_session_happened(evidence: Evidence) -> None:
     events = [json.loads(line) for line in evidence.server_log.splitlines() if line.strip()]
     names = [event.get("event") for event in events]
     assert names.count("check.completed") >= 3, names
+    completed = [event for event in events if event.get("event") == "check.completed"]
+    assert all(isinstance(event.get("seconds"), float | int) for event in completed), completed
     assert names.count("check.refused") >= 10, names
     codes = set(evidence.codes.values())
     assert {

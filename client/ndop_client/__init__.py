@@ -4,8 +4,8 @@ import ndop_client
 with ndop_client.Client("localhost:50051", ca_file="ca.pem", purpose="research") as client:
     result = client.check(["999 000 0018", "9990000026"])
 
-The names below load on first use (PEP 562), so that `ndop` can configure the process (see
-ndop_client.cli.main) before NumPy and gRPC load.
+The names below load on first use (PEP 562), so that the `ndop` command can configure its
+process (see ndop_client.cli) before NumPy and gRPC load.
 """
 
 from __future__ import annotations
@@ -60,17 +60,36 @@ _HOMES = {
     ),
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "AuthenticationFailed",
+    "CheckResult",
+    "Client",
+    "InputError",
+    "IntegrityError",
+    "InvalidRow",
+    "NdopError",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "ReceiptInvalid",
+    "RegisterInfo",
+    "RequestRejected",
+    "ServerUnavailable",
+    "ServiceError",
+    "Status",
+    "UsageError",
+]
 
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which read the imports above: a module __getattr__ would
+    # make every misspelt name look valid to them.
 
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'ndop_client' has no attribute {name!r}")
-    value = getattr(import_module(home), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> object:
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module 'ndop_client' has no attribute {name!r}")
+        value = getattr(import_module(home), name)
+        globals()[name] = value
+        return value
 
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_HOMES})

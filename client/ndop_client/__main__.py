@@ -1,5 +1,5 @@
 """`python -m ndop_client` is the `ndop` command."""
 
-from ndop_client.cli.main import main
+from ndop_client.cli.main import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -99,6 +99,9 @@ class ClearedWriter:
                 self._handle.detach()
                 return
             self._handle.close()
+            # A GzipFile given a file object writes its trailer into it but leaves it open:
+            # close it too, so that what replaces OUT is complete.
+            self._raw.close()
             if self._temp is not None:
                 os.replace(self._temp, self._out)
 

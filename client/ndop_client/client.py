@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -276,7 +277,7 @@ class Client:
             PrivateResources(self._process_pool(), self._workers, self._cache_dir, self._watch()),
         )
 
-    @property
+    @cached_property
     def _cache_dir(self) -> Path:
         # The filter cache's code is private mode's, loaded only when a check needs it.
         from ndop_client.filter_cache import default_cache_dir

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ndop_client.check import FileCheck
 from ndop_core import receipts
-from ndop_core.errors import UsageError
+from ndop_core.errors import InputError, UsageError
 from ndop_core.files import write_json_atomically
 from ndop_core.input_stream import STDIN
 
@@ -132,8 +132,15 @@ def build(check: FileCheck, purpose: str) -> dict[str, Any]:
 
 def write(report: dict[str, Any], path: Path | str) -> None:
     if str(path) == STDIN:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: main() ends quietly
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the report to standard output: {exc.strerror or exc}"
+            ) from None
         return
     write_json_atomically(report, Path(path), "report")
 

@@ -136,10 +136,25 @@ def run() -> int:
     hundred modules, about 30 ms, a tenth of a small check's time."""
     code = main()
     if sys.argv[1:2] and sys.argv[1] in FAST_EXIT_COMMANDS:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+        os._exit(_flushed(code))
+    return code
+
+
+def _flushed(code: int) -> int:
+    """`code` once standard output and error are flushed, or 1 if what a successful command
+    printed could not be written (a failed one has said why already; a reader that went away
+    is not ndop's error, as in main)."""
+    for name, stream in (("standard output", sys.stdout), ("standard error", sys.stderr)):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            continue
+        except (OSError, ValueError) as exc:
+            if code == 0:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                with contextlib.suppress(OSError, ValueError):
+                    print(f"ndop: cannot write {name}: {reason}", file=sys.stderr, flush=True)
+                code = 1
     return code
 
 
