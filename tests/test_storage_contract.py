@@ -20,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 import psycopg
 import pytest
+import structlog
 
 from ndop_client import Client, Status
 from ndop_server import keys as keyfile
@@ -28,10 +29,11 @@ from ndop_server.accounts import _AUDIT_COLUMNS, Accounts, Limits, QuotaExhauste
 from ndop_server.audit_chain import audit_key
 from ndop_server.audit_record import AuditRecord
 from ndop_server.database import Transaction, open_database
+from ndop_server.database.postgres import _lock_key
 from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.register import FILTER_ARTIFACT, Publisher
-from ndop_server.schema import SCHEMA_VERSION
+from ndop_server.schema import SCHEMA_VERSION, Migration
 from ndop_server.server import start_server
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
@@ -222,51 +224,129 @@ def _every_row(location: str) -> dict[str, list[tuple[Any, ...]]]:
     return found
 
 
-def _as_schema_2(location: str) -> None:
-    """Turn a current store into the version-2 store it would have been: schema 3 only added
-    the audit_by_at index."""
-    assert SCHEMA_VERSION == 3, "a new schema version: undo its changes here too"
+def _without_time_index(location: str) -> None:
+    """Turn a current store into one made before the audit log had its time index: an
+    optional index, so the schema version stays as it is."""
     with open_database(location) as db, db.transaction(lock="schema") as tx:
         tx.run("DROP INDEX audit_by_at")
-        tx.run("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
 
-def test_a_version_2_store_is_refused_then_migrated_with_every_row(
-    store_location: str, tmp_path: Path
-) -> None:
-    keys, token = _a_working_store(store_location, tmp_path)
-    key = audit_key(keys.store_key)
-    with Accounts(store_location, key) as accounts:
-        accounts.add("second", Limits(daily_quota=77))
-        accounts.record(_record("-", "auth-failed"))
-        accounts.rotate_token("mover", timedelta(hours=1))
-    _as_schema_2(store_location)
-    before = _every_row(store_location)
-    assert "audit_by_at" not in _audit_indexes(store_location)
-    for opening in (Store, Accounts):
-        with pytest.raises(StoreError, match=r"has schema 2, older .* run 'ndop store migrate"):
-            opening(store_location)
-
+def _migrate(location: str) -> str:
+    """What `ndop store migrate` says, having succeeded."""
     migrated = subprocess.run(
-        [*NDOP, "store", "migrate", "--store", store_location],
+        [*NDOP, "store", "migrate", "--store", location],
         capture_output=True,
         text=True,
         check=False,
     )
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated the store's schema from 2 to 3" in migrated.stdout
+    return migrated.stdout.strip()
 
-    assert _schema_version(store_location) == SCHEMA_VERSION == 3
-    assert _every_row(store_location) == before
-    assert "(at)" in _audit_indexes(store_location)["audit_by_at"]
+
+ADDED: Final = "the store's schema is current (2); added the audit log's time index"
+NOTHING_TO_DO: Final = (
+    "the store's schema is current (2) and the audit log has its time index; nothing to do"
+)
+
+
+def test_a_store_without_the_time_index_serves_and_migrate_adds_it_with_every_row(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys, token = _a_working_store(store_location, tmp_path)
+    assert "(at)" in _audit_indexes(store_location)["audit_by_at"], "new stores have it"
+    key = audit_key(keys.store_key)
+    with Accounts(store_location, key) as accounts:
+        accounts.add("second", Limits(daily_quota=77))
+        accounts.record(_record("-", "auth-failed"))
+        accounts.rotate_token("mover", timedelta(hours=1))
+    _without_time_index(store_location)
+    assert "audit_by_at" not in _audit_indexes(store_location)
+
+    # Served as it is, since the index changes nothing any ndop of schema 2 reads or writes.
     with Store(store_location) as store:
         assert store.latest_number() == 2
     with Accounts(store_location, key) as accounts:
+        assert not accounts.has_audit_time_index()
+        assert accounts.authenticate(token) is not None
+        accounts.record(_record("mover", "completed", 5))
+        assert len(accounts.audit(since="2026-11-25")) == 4
+        assert sum(count.lines for count in accounts.audit_counts("2026-11-25")) == 3
+    before = _every_row(store_location)
+
+    assert _migrate(store_location) == ADDED
+    assert _every_row(store_location) == before
+    assert "(at)" in _audit_indexes(store_location)["audit_by_at"]
+    # Still schema 2: replicas of the ndop before this one (schema 2, which refuses any other
+    # version) keep serving the store while the others are upgraded.
+    assert _schema_version(store_location) == SCHEMA_VERSION == 2
+    with Store(store_location) as store:
+        assert store.latest_number() == 2
+    with Accounts(store_location, key) as accounts:
+        assert accounts.has_audit_time_index()
         assert accounts.authenticate(token) is not None, "the grace period outlives migration"
         assert accounts.verify_audit(key).intact
         accounts.record(_record("mover", "completed", 5))
-        assert accounts.verify_audit(key).rows == 4
-    assert store_admin.migrate(store_location) == (3, 3)
+        assert accounts.verify_audit(key).rows == 5
+    after = _every_row(store_location)
+
+    assert _migrate(store_location) == NOTHING_TO_DO
+    assert store_admin.migrate(store_location) == Migration(2, 2, added_audit_time_index=False)
+    assert _every_row(store_location) == after
+    assert _schema_version(store_location) == 2
+
+
+def test_migrate_rebuilds_a_time_index_a_failed_build_left_unusable(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A CONCURRENTLY build that fails (cancelled, a deadlock, a lost connection) leaves its
+    index behind, invalid; a build in progress is invalid too until it ends."""
+    url = postgres.new_database()
+    _a_working_store(url, tmp_path)
+    _without_time_index(url)
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'audit_by_at'::regclass"
+    with psycopg.connect(url, autocommit=True) as other:
+        with pytest.raises(psycopg.errors.UniqueViolation):  # the check's two rows
+            other.execute("CREATE UNIQUE INDEX CONCURRENTLY audit_by_at ON audit (organisation)")
+        assert other.execute(valid).fetchone() == (False,)
+        with Accounts(url) as accounts:
+            assert not accounts.has_audit_time_index()
+        before = _every_row(url)
+
+        building = _lock_key("index audit_by_at")
+        other.execute("SELECT pg_advisory_lock(%s)", (building,))
+        with pytest.raises(StoreError, match="another process is building the index audit_by"):
+            store_admin.migrate(url)
+        other.execute("SELECT pg_advisory_unlock(%s)", (building,))
+        assert other.execute(valid).fetchone() == (False,), "left alone while being built"
+
+        assert _migrate(url) == ADDED
+        assert other.execute(valid).fetchone() == (True,)
+    definition = _audit_indexes(url)["audit_by_at"]
+    assert "(at)" in definition and "UNIQUE" not in definition, definition
+    assert _every_row(url) == before
+    assert _migrate(url) == NOTHING_TO_DO
+
+
+def test_a_server_warns_at_start_of_a_store_without_the_time_index(
+    store_location: str, tmp_path: Path
+) -> None:
+    keys, _ = _a_working_store(store_location, tmp_path)
+    warned = []
+    for indexed in (True, False):
+        if not indexed:
+            _without_time_index(store_location)
+        with structlog.testing.capture_logs() as logs:
+            running = start_server(
+                store_location, keys, "127.0.0.1:0", tls=None, insecure=True, poll_seconds=5
+            )
+            running.stop(grace=1)
+        assert [e for e in logs if e["event"] == "server.started"]
+        warned.append([e for e in logs if e["event"] == "store.audit_time_index_missing"])
+    assert warned[0] == []
+    (warning,) = warned[1]
+    assert warning["log_level"] == "warning"
+    assert "no time index" in warning["detail"], warning
+    assert "ndop store migrate --store STORE" in warning["advice"], warning
 
 
 _SCHEMA_1: Final = """
@@ -319,7 +399,7 @@ def test_a_version_1_store_migrates_to_the_current_schema(tmp_path: Path, served
             script = script[: script.index("CREATE TABLE organisations")]
             script += "INSERT INTO meta VALUES ('schema_version', '1'), ('register_id', 'r1');"
         old.executescript(script)
-    assert store_admin.migrate(location) == (1, SCHEMA_VERSION)
+    assert store_admin.migrate(location) == Migration(1, SCHEMA_VERSION, True)
     assert _schema_version(location) == SCHEMA_VERSION
     assert "(at)" in _audit_indexes(location)["audit_by_at"]
     with open_database(location) as db, db.transaction() as tx:

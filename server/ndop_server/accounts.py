@@ -218,6 +218,11 @@ class Accounts:
     def close(self) -> None:
         self._db.close()
 
+    def has_audit_time_index(self) -> bool:
+        """Whether the audit log has its time index (optional: without it the status page and
+        `ndop audit --since` read the whole log); one catalog query."""
+        return schema.has_audit_time_index(self._db)
+
     def __enter__(self) -> Accounts:
         return self
 

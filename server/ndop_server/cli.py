@@ -72,11 +72,17 @@ def _store_backup(args: argparse.Namespace) -> int:
 
 
 def _store_migrate(args: argparse.Namespace) -> int:
-    before, after = store_admin.migrate(args.store)
-    if before == after:
-        print(f"the store's schema is already {after}; nothing to do")
+    done = store_admin.migrate(args.store)
+    if done.before == done.after:
+        said = f"the store's schema is current ({done.after})"
     else:
-        print(f"migrated the store's schema from {before} to {after}")
+        said = f"migrated the store's schema from {done.before} to {done.after}"
+    if done.added_audit_time_index:
+        print(f"{said}; added the audit log's time index")
+    elif done.before == done.after:
+        print(f"{said} and the audit log has its time index; nothing to do")
+    else:
+        print(said)
     return 0
 
 

@@ -9,21 +9,31 @@ History:
 2. one daily budget per organisation across both modes, a rate and daily limits on checks
    and filter downloads; usage per counter; a rotated token's predecessor with its grace
    period; audit rows hash-chained, with the head kept.
-3. audit rows indexed by time (`at`), which the status page's activity summary and
-   `ndop audit --since` select on: without it both read the whole log.
+
+An optional object is not a schema version: it changes nothing that any ndop of the same
+version reads or writes, only how fast some reads are. A store of the current version may
+lack one and is served all the same, by older and newer ndop alike, so replicas sharing a
+store can be upgraded one at a time; the server warns at start of one that is missing, and
+`ndop store migrate` adds it while the servers keep serving. New stores have them from the
+start. They are:
+- audit_by_at, the audit log indexed by time (`at`), which the status page's activity summary
+  and `ndop audit --since` select on: without it both read the whole log.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from ndop_server.database import Database, Transaction
 from ndop_server.database.base import Dialect
 from ndop_server.errors import StoreError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 2
 
-_AUDIT_BY_AT: Final = "CREATE INDEX IF NOT EXISTS audit_by_at ON audit (at)"
+AUDIT_TIME_INDEX: Final = "audit_by_at"
+"""The audit log's time index: optional (see above)."""
+_AUDIT_TIME_COLUMNS: Final = ("at",)
 
 _TABLES: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,13 +125,17 @@ FOR EACH STATEMENT EXECUTE FUNCTION ndop_audit_append_only()""",
 )
 
 
-def _statements(dialect: Dialect) -> list[str]:
+def _statements(dialect: Dialect, *, optional: bool = True) -> list[str]:
+    """The whole schema; without the optional objects unless `optional`."""
     sqlite = dialect.name == "sqlite"
+    audit_by_at = (
+        f"CREATE INDEX IF NOT EXISTS {AUDIT_TIME_INDEX} ON audit ({', '.join(_AUDIT_TIME_COLUMNS)})"
+    )
     ddl = _TABLES.format(
         integer=dialect.integer,
         blob=dialect.blob,
         without_rowid=dialect.without_rowid,
-        audit_by_at=_AUDIT_BY_AT,
+        audit_by_at=audit_by_at if optional else "",
         entries_id_column="" if sqlite else "id BIGSERIAL PRIMARY KEY,",
         audit_id_column=(
             "id INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "id BIGINT PRIMARY KEY"
@@ -173,31 +187,45 @@ def require_current(db: Database) -> None:
         )
 
 
-def migrate(db: Database) -> tuple[int, int]:
-    """Bring the store's schema up to this ndop's; (from, to)."""
+def has_audit_time_index(db: Database) -> bool:
+    """Whether the audit log has its (optional) time index, usable; one catalog query."""
+    return db.has_index(AUDIT_TIME_INDEX)
+
+
+@dataclass(frozen=True)
+class Migration:
+    before: int
+    """The store's schema version before."""
+    after: int
+    """Its version now: this ndop's."""
+    added_audit_time_index: bool
+    """Whether the audit log's time index was missing (or unusable) and is built now."""
+
+
+def migrate(db: Database) -> Migration:
+    """Bring the store's schema up to this ndop's and add the optional objects it lacks.
+
+    Running it again does nothing. The optional objects are built while servers keep using
+    the store (see Database.build_index), after any version change has committed."""
     if not db.has_table("meta"):
         raise StoreError(f"{db.location} is not an ndop register store")
     with db.transaction() as tx:
         found = stored_version(tx) or 1
     if found > SCHEMA_VERSION:
         raise StoreError(f"the store's schema {found} is newer than this ndop's; upgrade ndop")
-    if found == SCHEMA_VERSION:
-        return found, found
-    # A version-1 store that never served has no audit table yet; the DDL below makes it,
-    # indexed.
-    audit_kept = db.has_table("audit")
-    with db.transaction(lock="schema") as tx:
-        if found < 2:
-            _to_version_2(tx)
-        if found < 3 and audit_kept:
-            _to_version_3(tx)
-        tx.run(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(SCHEMA_VERSION),),
-        )
-    _run(db, _statements(db.dialect))
-    return found, SCHEMA_VERSION
+    if found < SCHEMA_VERSION:
+        with db.transaction(lock="schema") as tx:
+            if found < 2:
+                _to_version_2(tx)
+            tx.run(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        # A version-1 store that never served has no audit table yet: this makes it.
+        _run(db, _statements(db.dialect, optional=False))
+    added = db.build_index(AUDIT_TIME_INDEX, "audit", _AUDIT_TIME_COLUMNS)
+    return Migration(found, SCHEMA_VERSION, added)
 
 
 def _to_version_2(tx: Transaction) -> None:
@@ -220,9 +248,3 @@ def _to_version_2(tx: Transaction) -> None:
     audit_columns = {row[1] for row in tx.all("PRAGMA table_info(audit)")}
     if audit_columns and "chain" not in audit_columns:
         tx.run("ALTER TABLE audit ADD COLUMN chain BLOB")
-
-
-def _to_version_3(tx: Transaction) -> None:
-    """Index the audit log by time. Built in the transaction that stamps the version, so a
-    store says 3 only with the index in place; audit writes wait while it is built."""
-    tx.run(_AUDIT_BY_AT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -18,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server.accounts import Accounts
 from ndop_server.audit_record import ABORTED
-from ndop_server.errors import ConfigurationError
+from ndop_server.errors import ConfigurationError, StoreError
 from ndop_server.keys import RegisterKeys
 from ndop_server.limits import StreamLimiter
 from ndop_server.listen import bind_problem, format_listen, is_loopback, parse_listen
@@ -193,6 +194,7 @@ def start_server(
     update_health()
     metrics.watch_register(holder)
     accounts = Accounts(store, keys.audit_key)
+    indexed = True
     monitoring: MonitoringEndpoint | None = None
     safeguards = Safeguards(
         watchdog=IdleWatchdog(limits.idle_timeout),
@@ -201,6 +203,8 @@ def start_server(
         ),
     )
     try:
+        with suppress(StoreError):  # only for a warning; reachability is watched elsewhere
+            indexed = accounts.has_audit_time_index()
         if holder.register_id not in (None, keys.register_id):
             raise ConfigurationError(
                 f"the store belongs to register {holder.register_id} "
@@ -241,6 +245,13 @@ def start_server(
     safeguards.watchdog.start()
     if tls is None and not is_loopback(address[0]):
         log.warning("server.insecure_non_loopback", listen=format_listen(*address))
+    if not indexed:
+        log.warning(
+            "store.audit_time_index_missing",
+            detail="the audit log has no time index: the status page and "
+            "'ndop audit --since' read the whole log",
+            advice="'ndop store migrate --store STORE' adds it while the servers keep serving",
+        )
     current = holder.current
     log.info(
         "server.started",

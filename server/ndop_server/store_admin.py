@@ -152,6 +152,8 @@ def _counts_at(location: StoreLocation) -> dict[str, int]:
         return _counts(db)
 
 
-def migrate(store: StoreLocation) -> tuple[int, int]:
+def migrate(store: StoreLocation) -> schema.Migration:
+    """Bring the store's schema up to date and add the optional indexes it lacks; servers of
+    this ndop and of the previous one (of the same schema) may keep serving meanwhile."""
     with open_database(store) as db:
         return schema.migrate(db)

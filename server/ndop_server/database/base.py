@@ -91,6 +91,20 @@ class Database(ABC):
         """Run schema statements (tables, indexes, triggers) all or nothing."""
 
     @abstractmethod
+    def has_index(self, name: str) -> bool:
+        """Whether the index `name` exists and can be used (in one catalog query). A PostgreSQL
+        index whose CONCURRENTLY build failed, or is still running, does not count."""
+
+    @abstractmethod
+    def build_index(self, name: str, table: str, columns: Sequence[str]) -> bool:
+        """Add the index `name` on `table` (`columns`) unless it is there already; True if
+        this call built it. Others keep using the table meanwhile: PostgreSQL builds it
+        CONCURRENTLY, outside any transaction, so writers go on (an unusable index left by a
+        build that failed is dropped and built again; StoreError if another process is
+        building it now); SQLite builds it in one write transaction, which writers wait for
+        as they wait for any other writer."""
+
+    @abstractmethod
     def wait_for_notification(self, channel: str, timeout: float) -> bool:
         """Block up to `timeout` seconds for a notification on `channel`; True if one came.
         Where the database cannot notify, it waits the whole timeout and says False."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +32,8 @@ DIALECT: Final = Dialect(
     name="postgresql", blob="BYTEA", integer="BIGINT", entries_id="id", without_rowid=""
 )
 CONNECT_TIMEOUT_SECONDS: Final = 5
+_INDEX_VALID: Final = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(?)"
+"""One row for an index that exists, saying whether it can be used; none for a missing one."""
 
 
 def printable(url: str) -> str:
@@ -149,6 +151,56 @@ class PostgresDatabase(Database):
         with self.transaction(lock="schema") as tx:
             for statement in statements:
                 tx.run(statement)
+
+    def has_index(self, name: str) -> bool:
+        with self.transaction() as tx:
+            return tx.one(_INDEX_VALID, (name,)) == (True,)
+
+    def build_index(self, name: str, table: str, columns: Sequence[str]) -> bool:
+        create = pgsql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+            pgsql.Identifier(name),
+            pgsql.Identifier(table),
+            pgsql.SQL(", ").join(map(pgsql.Identifier, columns)),
+        )
+        drop = pgsql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(pgsql.Identifier(name))
+        building = _lock_key(f"index {name}")
+        with self._lock:
+            connection = self._connect()
+            # CONCURRENTLY refuses to run in a transaction block: the connection is in
+            # autocommit, and each statement here runs on its own. A session lock (not a
+            # transaction's) tells a build in progress, whose index is not valid yet either,
+            # from one that failed; it is taken without waiting, since a build waits for
+            # every transaction that began before it, a waiting one included.
+            try:
+                acquired = connection.execute(
+                    "SELECT pg_try_advisory_lock(%s)", (building,)
+                ).fetchone()
+                if acquired != (True,):
+                    raise StoreError(
+                        f"another process is building the index {name} in the register store "
+                        f"at {self.location}; let it finish"
+                    )
+                try:
+                    valid = connection.execute(_placeholders(_INDEX_VALID), (name,)).fetchone()
+                    if valid == (True,):
+                        return False
+                    if valid is not None:  # left unusable by a build that failed: start again
+                        connection.execute(drop)
+                    connection.execute(create)
+                    return True
+                finally:
+                    with suppress(psycopg.Error):
+                        connection.execute("SELECT pg_advisory_unlock(%s)", (building,))
+            except psycopg.OperationalError as exc:
+                connection.close()
+                raise StoreUnavailable(
+                    f"lost the register store at {self.location} while building the index "
+                    f"{name}: {_first_line(exc)}"
+                ) from None
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"the register store could not build the index {name}: {_first_line(exc)}"
+                ) from None
 
     def wait_for_notification(self, channel: str, timeout: float) -> bool:
         try:

@@ -153,6 +153,20 @@ class SqliteDatabase(Database):
         with self._lock:
             self._db.executescript(f"BEGIN IMMEDIATE;\n{body};\nCOMMIT;")
 
+    def has_index(self, name: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+            ).fetchone()
+        return row is not None
+
+    def build_index(self, name: str, table: str, columns: Sequence[str]) -> bool:
+        with self.transaction(lock="schema") as tx:
+            if tx.one("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)):
+                return False
+            tx.run(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
+        return True
+
     def wait_for_notification(self, channel: str, timeout: float) -> bool:
         time.sleep(timeout)
         return False
