@@ -28,6 +28,7 @@ from ndop_server import store_admin
 from ndop_server.accounts import _AUDIT_COLUMNS, Accounts, Limits, QuotaExhausted
 from ndop_server.audit_chain import audit_key
 from ndop_server.audit_record import AuditRecord
+from ndop_server.audit_view import summarise
 from ndop_server.database import Transaction, open_database
 from ndop_server.database.postgres import _lock_key
 from ndop_server.errors import ConfigurationError, StoreError
@@ -581,7 +582,12 @@ def test_a_period_of_the_audit_log_is_read_through_its_time_index(
         assert accounts.audit("org-1", since) == [
             r for r in everything if r.at >= since and r.organisation == "org-1"
         ]
-        assert accounts.audit_counts(since[:10])
+        counts = accounts.audit_counts(since[:10])
+    in_period = [r for r in everything if r.at >= since[:10]]
+    assert sum(count.lines for count in counts) == len(summarise(in_period)) > 0
+    assert sum(count.items_checked for count in counts) == sum(
+        line.items_checked for line in summarise(in_period)
+    )
     assert len(plans) == 3
     for sql, plan in plans.items():
         shown = "\n".join(plan)
