@@ -459,6 +459,10 @@ def test_charges_from_many_replicas_never_cross_the_budget(
             outcomes = list(pool.map(check, range(30)))
         assert outcomes.count(True) == 10
         assert replicas[0].usage("busy").numbers == 1_000
+        replicas[2].add("idle", Limits(daily_quota=1_000))
+        # The status page and `org list` read every organisation's day in one query.
+        assert replicas[1].usage_by_organisation() == {"busy": replicas[0].usage("busy")}
+        assert replicas[1].usage("busy").checks == 10
         assert replicas[1].verify_audit(key).intact
     finally:
         for replica in replicas:

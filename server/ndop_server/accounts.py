@@ -367,6 +367,21 @@ class Accounts:
             )
         return Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
 
+    def usage_by_organisation(self, day: date | None = None) -> dict[str, Usage]:
+        """Every organisation's use of one day (today by default), in one query; an
+        organisation that used nothing that day is absent."""
+        day_text = (day or today()).isoformat()
+        found: dict[str, dict[str, int]] = {}
+        with self._read() as db:
+            for name, mode, used in db.all(
+                "SELECT organisation, mode, used FROM usage WHERE day = ?", (day_text,)
+            ):
+                found.setdefault(name, {})[mode] = used
+        return {
+            name: Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
+            for name, rows in found.items()
+        }
+
     def remaining(self, name: str) -> int:
         organisation = self.get(name)
         if organisation is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ndop_server import keys as keyfile
-from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits
+from ndop_server.accounts import DEFAULT_LIMITS, Accounts, Limits, Usage
 from ndop_server.audit_view import summarise
 from ndop_server.devcerts import make_dev_certificates
 from ndop_server.errors import ConfigurationError
@@ -131,7 +131,8 @@ def _org_add(args: argparse.Namespace) -> int:
 
 def _org_list(args: argparse.Namespace) -> int:
     with _accounts(args.store) as accounts:
-        rows = [(o, accounts.usage(o.name)) for o in accounts.organisations()]
+        usage = accounts.usage_by_organisation()
+        rows = [(o, usage.get(o.name, Usage(0, 0, 0))) for o in accounts.organisations()]
     if args.json:
         print(
             json.dumps(

@@ -17,7 +17,7 @@ from typing import Final
 import structlog
 
 from ndop_server import audit_record as events
-from ndop_server.accounts import MODES, Accounts, AuditCount, today
+from ndop_server.accounts import MODES, Accounts, AuditCount, Usage, today
 from ndop_server.errors import StoreError
 from ndop_server.locations import StoreLocation
 from ndop_server.metrics import ServerMetrics
@@ -128,8 +128,9 @@ class StatusSource:
 
     def _quotas(self) -> list[QuotaUse]:
         quotas = []
+        usage = self._accounts.usage_by_organisation()
         for organisation in self._accounts.organisations():
-            used = self._accounts.usage(organisation.name)
+            used = usage.get(organisation.name, Usage(0, 0, 0))
             limits = organisation.limits
             quotas.append(
                 QuotaUse(
