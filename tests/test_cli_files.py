@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -38,13 +38,17 @@ def ndop(
     stdin: bytes | None = None,
     timeout: float = 120,
     preexec: Callable[[], object] | None = None,
+    stdout: IO[bytes] | None = None,
+    unset: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / "cache")}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["XDG_CACHE_HOME"] = str(cwd / "cache")
     return subprocess.run(
         [*NDOP, *map(str, args)],
         cwd=cwd,
         input=stdin,
-        capture_output=True,
+        stdout=stdout or subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env=env,
         timeout=timeout,
         check=False,
@@ -121,30 +125,19 @@ def test_a_full_standard_output_is_an_error_not_exit_0(
     opted, kept = numbers
     cohort = tmp_path / "c.dat"
     cohort.write_text("".join(f"{n},\n" for n in [*opted, *kept]))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     for extra in ((), ("--report", "-")):
         with open("/dev/full", "wb") as full:
-            done = subprocess.run(
-                [
-                    *NDOP,
-                    "check",
-                    cohort,
-                    "--server",
-                    address,
-                    "--insecure",
-                    "--out",
-                    tmp_path / "out.dat",
-                    *PURPOSE,
-                    "--mode",
-                    "hashed",
-                    *extra,
-                ],
-                cwd=tmp_path,
+            # Buffered, as a user's shell leaves Python: the failure comes at the last flush.
+            done = check(
+                tmp_path,
+                address,
+                cohort,
+                tmp_path / "out.dat",
+                "--mode",
+                "hashed",
+                *extra,
                 stdout=full,
-                stderr=subprocess.PIPE,
-                env=env,
-                timeout=120,
-                check=False,
+                unset=("PYTHONUNBUFFERED",),
             )
         assert done.returncode != 0
         assert "No space left on device" in one_sentence(done.stderr)

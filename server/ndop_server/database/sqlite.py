@@ -142,9 +142,12 @@ class SqliteDatabase(Database):
             self._db.execute("ROLLBACK")
 
     def has_table(self, name: str) -> bool:
+        return self._in_catalog("table", name)
+
+    def _in_catalog(self, kind: str, name: str) -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+                "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
             ).fetchone()
         return row is not None
 
@@ -154,11 +157,7 @@ class SqliteDatabase(Database):
             self._db.executescript(f"BEGIN IMMEDIATE;\n{body};\nCOMMIT;")
 
     def has_index(self, name: str) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
-            ).fetchone()
-        return row is not None
+        return self._in_catalog("index", name)
 
     def build_index(self, name: str, table: str, columns: Sequence[str]) -> bool:
         with self.transaction(lock="schema") as tx:
