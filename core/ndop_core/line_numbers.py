@@ -18,10 +18,8 @@ from ndop_core.nhs_number import (
     _POWERS_OF_TEN,
     _WEIGHT_VECTOR,
     INVALID,
-    InvalidReason,
     ParsedColumn,
-    is_float_export,
-    parse,
+    parse_rest,
 )
 
 _LF: Final = 10
@@ -65,15 +63,8 @@ def parse_lines(block: bytes, decode: Decode) -> ParsedColumn:
     if not (digits <= 9).all():
         valid &= (digits <= 9).all(axis=1)
     values[plain[valid]] = value_and_sum[valid, 0]
-    reasons: dict[int, InvalidReason] = {}
-    exports: list[int] = []
-    for position in np.flatnonzero(values == INVALID).tolist():
-        text = decode(block[starts[position] : ends[position] + 1], position)
-        result = parse(text)
-        if isinstance(result, InvalidReason):
-            reasons[position] = result
-        else:
-            values[position] = int(result)
-            if is_float_export(text):
-                exports.append(position)
-    return ParsedColumn(values, reasons, exports)
+
+    def line(position: int) -> str:
+        return decode(block[starts[position] : ends[position] + 1], position)
+
+    return parse_rest(values, line)

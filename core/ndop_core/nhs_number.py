@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -133,11 +133,6 @@ class ParsedColumn:
         return len(self.float_positions)
 
 
-def parse_column(texts: Sequence[str]) -> ParsedColumn:
-    """`parse_values`, also counting the valid numbers written as decimals."""
-    return _parse_all(texts)
-
-
 def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidReason]]:
     """`parse` for many texts at once, answering with numbers rather than strings.
 
@@ -145,11 +140,12 @@ def parse_values(texts: Sequence[str]) -> tuple[np.ndarray, dict[int, InvalidRea
     valid NHS number) and the reason for each invalid position. Texts in a plain ten-digit
     form are checked together with NumPy; only the rest go through `parse` one by one.
     """
-    parsed = _parse_all(texts)
+    parsed = parse_column(texts)
     return parsed.values, parsed.reasons
 
 
-def _parse_all(texts: Sequence[str]) -> ParsedColumn:
+def parse_column(texts: Sequence[str]) -> ParsedColumn:
+    """`parse_values`, also counting the valid numbers written as decimals."""
     candidates = [text.strip().removesuffix(",") for text in texts]
     lengths = np.fromiter(map(len, candidates), dtype=np.int64, count=len(candidates))
     ten = np.flatnonzero(lengths == 10)
@@ -163,15 +159,22 @@ def _parse_all(texts: Sequence[str]) -> ParsedColumn:
         check[check == 11] = 0
         valid = all_digits & (check == digits[:, 9])
         values[ten] = np.where(valid, digits @ _POWERS_OF_TEN, INVALID)
+    return parse_rest(values, texts.__getitem__)
+
+
+def parse_rest(values: np.ndarray, text_at: Callable[[int], str]) -> ParsedColumn:
+    """`values` (int64, changed in place) with each INVALID position's text, `text_at(position)`,
+    put through `parse` alone: its number if it holds one, its reason otherwise."""
     reasons: dict[int, InvalidReason] = {}
     exports: list[int] = []
     for position in np.flatnonzero(values == INVALID).tolist():
-        result = parse(texts[position])
+        text = text_at(position)
+        result = parse(text)
         if isinstance(result, InvalidReason):
             reasons[position] = result
         else:
             values[position] = int(result)
-            if is_float_export(texts[position]):
+            if is_float_export(text):
                 exports.append(position)
     return ParsedColumn(values, reasons, exports)
 
