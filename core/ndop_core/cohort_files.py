@@ -133,21 +133,20 @@ class CohortFile:
             block = next(self._pending, b"")
             first_end = block.find(b"\n") + 1 or len(block)
             first = decode_lines(block[:first_end], self.encoding, self.name, 0)
+            if block:
+                self._pending = itertools.chain([block], self._pending)
+            if first.endswith("\r\n"):
+                self.newline = "\r\n"
+            chosen = _chosen_format(format) if format else detect_format(path)
+            self.format = chosen or _sniff_format(first)
+            if self.format is Format.CSV:
+                self.delimiter = "\t" if format == "tsv" else _sniff_delimiter(path, first)
+                self._choose_column(first, column)
+            elif column is not None:
+                raise InputError("--column only applies to .csv and .tsv input")
         except BaseException:
             self._source.close()
             raise
-        if block:
-            self._pending = itertools.chain([block], self._pending)
-        if first.endswith("\r\n"):
-            self.newline = "\r\n"
-        chosen = _chosen_format(format) if format else detect_format(path)
-        self.format = chosen or _sniff_format(first)
-        if self.format is Format.CSV:
-            self.delimiter = "\t" if format == "tsv" else _sniff_delimiter(path, first)
-            self._choose_column(first, column)
-        elif column is not None:
-            self._source.close()
-            raise InputError("--column only applies to .csv and .tsv input")
 
     @property
     def size(self) -> int | None:
@@ -177,12 +176,10 @@ class CohortFile:
     def _choose_column(self, first_line: str, column: str | None) -> None:
         header = next(csv.reader([first_line], delimiter=self.delimiter), [])
         if not header:
-            self.close()
             raise InputError(f"{self.name} has no header row")
         self.header = header
         names = [name.strip() for name in header]
         if any(_LOOKS_LIKE_NUMBER.fullmatch(name) for name in names):
-            self.close()
             raise InputError(
                 f"the first row of {self.name} holds an NHS number, not column names: a CSV "
                 "needs a header row (for one number per line, name the file .txt)"
@@ -190,7 +187,6 @@ class CohortFile:
         if column is not None:
             index = _column_index(names, column)
             if index is None:
-                self.close()
                 asked = "like an NHS number" if _LOOKS_LIKE_NUMBER.fullmatch(column) else column
                 raise InputError(
                     f"{self.name} has no column named {asked!r}; its columns are {_listed(names)}"
@@ -199,7 +195,6 @@ class CohortFile:
         else:
             matches = [i for i, name in enumerate(names) if _DEFAULT_COLUMN_PATTERN.match(name)]
             if len(matches) != 1:
-                self.close()
                 raise InputError(
                     f"cannot tell which column of {self.name} holds the NHS number; "
                     f"name it with --column (its columns are {_listed(names)})"

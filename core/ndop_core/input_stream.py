@@ -195,14 +195,9 @@ def line_blocks(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[b
         yield carry
 
 
-def text_lines(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[list[str]]:
-    """Lines with their LF (the last may have none), a list per block; InputError names the
-    line that is too long or not in `encoding`."""
-    return lines_of(line_blocks(blocks, encoding, name), encoding, name)
-
-
 def lines_of(blocks: Iterator[bytes], encoding: str, name: str) -> Iterator[list[str]]:
-    """`text_lines` of blocks that `line_blocks` made."""
+    """Lines with their LF (the last may have none), a list per block of `line_blocks`;
+    InputError names the line that is not in `encoding`."""
     line_number = 0
     for block in blocks:
         lines = _LINE.findall(decode_lines(block, encoding, name, line_number))
