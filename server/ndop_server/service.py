@@ -124,9 +124,14 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             self._authentication_failed(context, call, exc)
             _abort(context, exc.code, str(exc))
         except StoreError as exc:
-            log.warning("store.unavailable", call=call, reason=str(exc))
-            self._metrics.store_error(call)
+            self._store_unavailable(call, exc)
             _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+
+    def _store_unavailable(self, call: str, error: StoreError) -> None:
+        """Log and count a store the call could not reach; the client is only told to retry
+        (STORE_UNAVAILABLE), never the store's own reason."""
+        log.warning("store.unavailable", call=call, reason=str(error))
+        self._metrics.store_error(call)
 
     def _authentication_failed(
         self, context: grpc.ServicerContext, call: str, error: AccessDenied
@@ -238,8 +243,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
                 code = _status_of(exc)
                 outcome = code.name.lower().replace("_", "-")
                 if isinstance(exc, StoreError):
-                    log.warning("store.unavailable", call="check", reason=str(exc))
-                    self._metrics.store_error("check")
+                    self._store_unavailable("check", exc)
                     exc = StoreError(STORE_UNAVAILABLE)
                 self._refuse(context, session, code, exc)
             except grpc.RpcError:
@@ -383,8 +387,7 @@ class OptOutRegisterService(ndop_pb2_grpc.OptOutRegisterServicer):  # type: igno
             log.info("filter.refused", organisation=organisation.name, reason=str(exc))
             _abort(context, _status_of(exc), str(exc))
         except StoreError as exc:
-            log.warning("store.unavailable", call="filter", reason=str(exc))
-            self._metrics.store_error("filter")
+            self._store_unavailable("filter", exc)
             _abort(context, grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
         delta = self._filter_delta(request, view)
         log.info(
