@@ -95,8 +95,7 @@ class RegisterHolder:
     def refresh(self) -> bool:
         """Load the newest published version if it is not the one held; True if it swapped."""
         with self._lock:
-            record = self._store.latest(self._key_id)
-            self._warn_if_rekeyed(record)
+            record = self._servable(self._store.latest())
             if record is None or (self._current and self._current.version == record.version):
                 return False
             view = load_view(self._store, record)
@@ -106,14 +105,13 @@ class RegisterHolder:
             self._on_version(record.version)
         return True
 
-    def _warn_if_rekeyed(self, served: VersionRecord | None) -> None:
-        """A newer version made with other keys (after `ndop keys rotate --register`) is not
-        served: this server's keys could not answer for it. Say so once per such version."""
-        if self._key_id is None:
-            return
-        newest = self._store.latest()
-        if newest is None or newest.version <= (served.version if served else 0):
-            return
+    def _servable(self, newest: VersionRecord | None) -> VersionRecord | None:
+        """The newest version made with this server's keys. A newer one made with other keys
+        (after `ndop keys rotate --register`) is not served: this server's keys could not
+        answer for it. Say so once per such version. The store is read a second time only
+        then: every poll reads the newest version, and it is nearly always this server's."""
+        if newest is None or self._key_id is None or newest.key_id == self._key_id:
+            return newest
         if newest.version != self._foreign_warned:
             self._foreign_warned = newest.version
             log.warning(
@@ -121,6 +119,7 @@ class RegisterHolder:
                 version=newest.version,
                 advice="restart this server with the new keys file",
             )
+        return self._store.latest(self._key_id)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="register-watcher", daemon=True)
