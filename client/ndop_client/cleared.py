@@ -65,21 +65,19 @@ class ClearedWriter:
 
     def write_numbers(self, values: np.ndarray) -> None:
         """Write .dat rows (`NNNNNNNNNN,`) for these numbers, in order."""
+        self._guarded(lambda: self._write_numbers(values))
+
+    def _write_numbers(self, values: np.ndarray) -> None:
         suffix = f",{self._cohort.newline}".encode("ascii")
-
-        def write() -> None:
-            self._handle.flush()
-            for start in range(0, len(values), _ROWS_AT_ONCE):
-                self._binary.write(canonical_bytes(values[start : start + _ROWS_AT_ONCE], suffix))
-
-        self._guarded(write)
+        self._handle.flush()
+        for start in range(0, len(values), _ROWS_AT_ONCE):
+            self._binary.write(canonical_bytes(values[start : start + _ROWS_AT_ONCE], suffix))
 
     def _write(self, chunk: Chunk, keep: np.ndarray, values: np.ndarray) -> None:
         positions = np.flatnonzero(keep).tolist()
         newline = self._cohort.newline
         if self._cohort.format is Format.DAT:
-            suffix = f",{newline}".encode("ascii")
-            self._handle.write(canonical_bytes(values[keep], suffix).decode("ascii"))
+            self._write_numbers(values[keep])
         elif self._cohort.format is Format.CSV:
             rows = chunk.records
             self._csv.writerows(rows[i] for i in positions)

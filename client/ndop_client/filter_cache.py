@@ -18,7 +18,8 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from typing import Final
 
@@ -166,21 +167,9 @@ def _download(
             raise _DeltaUnusable("the filter made from the delta does not match its digest")
         _require_usable(header, made)
         _save(path, [made])
-        return _with(described, delta_from=base.version, received=len(data))
+        return replace(described, delta_from=base.version, received=len(data))
     _save(path, _checked(first, chunks, header, watch), chunks)
-    return _with(described, received=header.size)
-
-
-def _with(found: CachedFilter, *, received: int, delta_from: int | None = None) -> CachedFilter:
-    return CachedFilter(
-        found.path,
-        found.register_version,
-        found.count,
-        found.key_id,
-        found.false_positive_rate,
-        delta_from,
-        received,
-    )
+    return replace(described, received=header.size)
 
 
 def _require_delta_of(
@@ -207,7 +196,7 @@ def _receive(
     """A delta's bytes, whole and in order, in memory (it is smaller than the filter)."""
     received = bytearray()
     try:
-        for chunk in _chain(first, rest):
+        for chunk in chain([first], rest):
             watch.received(settles=0)
             if chunk.offset != len(received) or len(received) + len(chunk.data) > size:
                 raise _DeltaUnusable("the filter delta arrived with a gap or overlap")
@@ -229,7 +218,7 @@ def _checked(
     """The whole filter's bytes as they arrive, refused at the end unless whole and intact."""
     digest = hashlib.sha256()
     received = 0
-    for chunk in _chain(first, rest):
+    for chunk in chain([first], rest):
         watch.received(settles=0)
         if chunk.offset != received:
             raise IntegrityError("the filter arrived with a gap or overlap")
@@ -261,15 +250,12 @@ def _save(
             for part in parts:
                 handle.write(part)
         os.replace(temp_name, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(temp_name).unlink(missing_ok=True)
         if chunks is not None:
             _cancel(chunks)
-        raise _cache_error(directory, exc) from None
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        if chunks is not None:
-            _cancel(chunks)
+        if isinstance(exc, OSError):
+            raise _cache_error(directory, exc) from None
         raise
 
 
@@ -304,11 +290,12 @@ def _newest_base(directory: Path, version: int) -> _Base | None:
 
 def _prune(directory: Path, newest: int) -> None:
     """Remove the filters older than the newest VERSIONS_KEPT versions up to `newest`."""
-    versions = sorted({v for v, _, _ in _held(directory) if v <= newest}, reverse=True)
+    held = _held(directory)
+    versions = sorted({v for v, _, _ in held if v <= newest}, reverse=True)
     if len(versions) <= VERSIONS_KEPT:
         return
     oldest_kept = versions[VERSIONS_KEPT - 1]
-    for held_version, _, path in _held(directory):
+    for held_version, _, path in held:
         if held_version < oldest_kept:
             path.unlink(missing_ok=True)
 
@@ -345,13 +332,6 @@ def _require_usable(header: ndop_pb2.FilterHeader, first_data: bytes) -> None:
             "the server publishes a filter hashed with XXH3-128, which this client does not "
             "implement"
         )
-
-
-def _chain(
-    first: ndop_pb2.FilterChunk, rest: Iterator[ndop_pb2.FilterChunk]
-) -> Iterator[ndop_pb2.FilterChunk]:
-    yield first
-    yield from rest
 
 
 def _sha256_file(path: Path) -> bytes:
