@@ -50,7 +50,6 @@ class Limits:
 
 
 DEFAULT_LIMITS: Final = Limits()
-DEFAULT_DAILY_QUOTA: Final = DEFAULT_LIMITS.daily_quota
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,11 @@ class Usage:
     numbers: int
     checks: int
     filters: int
+
+    @classmethod
+    def of(cls, used: dict[str, int]) -> Usage:
+        """From one day's `used` per counter (the usage table's `mode` column)."""
+        return cls(used.get("numbers", 0), used.get("checks", 0), used.get("filters", 0))
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ _LIMIT_NAMES: Final[dict[Counter, tuple[str, str]]] = {
     "checks": ("daily_checks", "number of checks"),
     "filters": ("daily_filter_downloads", "number of filter downloads"),
 }
+
+
+def _new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def _token_hash(token: str) -> bytes:
@@ -244,7 +252,7 @@ class Accounts:
                 "an organisation name uses letters, digits, '-', '_' and '.' only"
             )
         limits.check()
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         try:
             with self._write() as db:
                 db.run(
@@ -327,7 +335,7 @@ class Accounts:
 
     def rotate_token(self, name: str, grace: timedelta = timedelta(0)) -> str:
         """A new token for `name`; the old one keeps working for `grace`, then is refused."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         until = (datetime.now(UTC) + grace).isoformat(timespec="milliseconds")
         with self._write() as db:
             changed = db.run(
@@ -342,7 +350,7 @@ class Accounts:
 
     def reinstate(self, name: str) -> str:
         """Make a revoked organisation active again, with a new token (the old stays dead)."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         with self._write() as db:
             changed = db.run(
                 "UPDATE organisations SET revoked_at = NULL, token_sha256 = ?, "
@@ -365,7 +373,7 @@ class Accounts:
                     (name, day_text),
                 )
             )
-        return Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
+        return Usage.of(rows)
 
     def usage_by_organisation(self, day: date | None = None) -> dict[str, Usage]:
         """Every organisation's use of one day (today by default), in one query; an
@@ -377,10 +385,7 @@ class Accounts:
                 "SELECT organisation, mode, used FROM usage WHERE day = ?", (day_text,)
             ):
                 found.setdefault(name, {})[mode] = used
-        return {
-            name: Usage(rows.get("numbers", 0), rows.get("checks", 0), rows.get("filters", 0))
-            for name, rows in found.items()
-        }
+        return {name: Usage.of(used) for name, used in found.items()}
 
     def remaining(self, name: str) -> int:
         organisation = self.get(name)
@@ -394,11 +399,11 @@ class Accounts:
         """Count a check, reserve its declared numbers and write its `started` row; refuse
         whole (Revoked, QuotaExhausted, DuplicateRequest) and write nothing otherwise."""
         with self._write() as db:
-            _active(db, entry.organisation)
+            limits = _active(db, entry.organisation)
             if db.one("SELECT 1 FROM audit WHERE request_id = ? LIMIT 1", (entry.request_id,)):
                 raise DuplicateRequest()
-            _charge(db, entry.organisation, "checks", 1)
-            _charge(db, entry.organisation, "numbers", reserve)
+            _charge(db, entry.organisation, limits, "checks", 1)
+            _charge(db, entry.organisation, limits, "numbers", reserve)
             self._append(db, entry)
 
     def answer_batch(self, entry: AuditRecord, charge: int) -> Limits:
@@ -406,7 +411,7 @@ class Accounts:
         the organisation's limits as they stand now."""
         with self._write() as db:
             limits = _active(db, entry.organisation)
-            _charge(db, entry.organisation, "numbers", charge)
+            _charge(db, entry.organisation, limits, "numbers", charge)
             self._append(db, entry)
         return limits
 
@@ -424,8 +429,8 @@ class Accounts:
 
     def filter_download(self, entry: AuditRecord) -> None:
         with self._write() as db:
-            _active(db, entry.organisation)
-            _charge(db, entry.organisation, "filters", 1)
+            limits = _active(db, entry.organisation)
+            _charge(db, entry.organisation, limits, "filters", 1)
             self._append(db, entry)
 
     def record(self, entry: AuditRecord) -> None:
@@ -516,13 +521,13 @@ def _active(db: Transaction, name: str) -> Limits:
     return Limits(*row[1:])
 
 
-def _charge(db: Transaction, name: str, counter: Counter, amount: int) -> None:
-    """Add `amount` to today's `counter`, or raise QuotaExhausted and add nothing."""
+def _charge(db: Transaction, name: str, limits: Limits, counter: Counter, amount: int) -> None:
+    """Add `amount` to today's `counter`, or raise QuotaExhausted and add nothing; `limits`
+    are the organisation's as `_active` read them in the same transaction."""
     if amount <= 0:
         return
-    column, what = _LIMIT_NAMES[counter]
-    found = db.one(f"SELECT {column} FROM organisations WHERE name = ?", (name,))
-    limit = found[0] if found else 0
+    field_name, what = _LIMIT_NAMES[counter]
+    limit: int = getattr(limits, field_name)
     day = today()
     row = db.one(
         "SELECT used FROM usage WHERE organisation = ? AND mode = ? AND day = ?",
