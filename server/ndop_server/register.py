@@ -185,10 +185,10 @@ class Publisher:
                 else:
                     tokens = self._tokens(numbers.values)
                     preparation.stage(split(tokens, TOKEN_SIZE))
-                    entering = preparation.staged_not_live()
-                    change = _Change(
-                        numbers.values[np.asarray(entering, dtype=np.int64)],
-                        _pick(tokens, entering),
+                    change = _entering(
+                        numbers.values,
+                        tokens,
+                        preparation.staged_not_live(),
                         preparation.live_not_staged(),
                     )
                 plan = self._plan(preparation, change)
@@ -225,11 +225,8 @@ class Publisher:
                 preparation.stage(split(self._tokens(removing.values), TOKEN_SIZE))
                 withdrawn = preparation.live_staged()
                 preparation.stage(split(add_tokens, TOKEN_SIZE))
-                entering = preparation.staged_not_live()
-                change = _Change(
-                    adding.values[np.asarray(entering, dtype=np.int64)],
-                    _pick(add_tokens, entering),
-                    withdrawn,
+                change = _entering(
+                    adding.values, add_tokens, preparation.staged_not_live(), withdrawn
                 )
                 plan = self._plan(preparation, change)
         unchanged = (len(adding.values) - len(change.values)) + (
@@ -441,8 +438,14 @@ class Publisher:
         return np.concatenate(list(parts), axis=1)
 
 
-def _pick(tokens: bytes, positions: list[int]) -> bytes:
-    return b"".join(tokens[p * TOKEN_SIZE : (p + 1) * TOKEN_SIZE] for p in positions)
+def _entering(
+    values: np.ndarray, tokens: bytes, positions: list[int], withdrawn: list[Entry]
+) -> _Change:
+    """The change where the numbers at `positions` of `values` (whose concatenated tokens are
+    `tokens`) enter the register and the `withdrawn` entries leave it."""
+    at = np.asarray(positions, dtype=np.intp)
+    picked = np.frombuffer(tokens, dtype=f"V{TOKEN_SIZE}")[at].tobytes()
+    return _Change(values[at], picked, withdrawn)
 
 
 def _kept(entries: Iterable[Entry], withdrawn: list[Entry]) -> _Kept:
