@@ -188,7 +188,7 @@ class Client:
         (or beside `out`), and the report when `report_path` is given. `check.report` holds it.
         """
         paths = report.OutputPaths.of(input_path, out, report_path, receipt_path)
-        declared = self._declared(purpose)
+        declared = self.declared_purpose(purpose)
         with CohortFile(input_path, column, encoding=encoding, format=format) as cohort:
             self._warm_up(mode, (cohort.size or 0) // _BYTES_PER_ROW)
             matcher = self._matcher(mode, declared, chosen_progress(progress))
@@ -203,9 +203,6 @@ class Client:
 
     def declared_purpose(self, purpose: str | None) -> str:
         """`purpose`, or the client's, if it is one the service knows; UsageError otherwise."""
-        return self._declared(purpose)
-
-    def _declared(self, purpose: str | None) -> str:
         declared = purpose or self.purpose
         if declared not in PURPOSES:
             raise UsageError(f"declare the purpose of the check, one of: {', '.join(PURPOSES)}")
@@ -217,7 +214,7 @@ class Client:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         context = ndop_pb2.CheckContext(
-            purpose=self._declared(purpose), request_id=str(uuid.uuid4())
+            purpose=self.declared_purpose(purpose), request_id=str(uuid.uuid4())
         )
 
         def match(unique_values: np.ndarray) -> MatchOutcome:
