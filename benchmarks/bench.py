@@ -47,6 +47,7 @@ from benchmarks.generate import (
 )
 from benchmarks.measure import (
     MB,
+    RESULTS_DIR,
     BenchmarkFailed,
     CpuUsage,
     CpuWatch,
@@ -54,7 +55,9 @@ from benchmarks.measure import (
     byte_compile_ndop,
     children_cpu_seconds,
     machine,
+    ndop_command,
     run_timed,
+    say,
     server_events,
     start,
     tail,
@@ -70,7 +73,6 @@ ORGANISATION_QUOTA: Final = 10**12
 ORGANISATION_RATE: Final = 10**9
 """Numbers per second: the rate limiter runs on every batch but never has the checks wait."""
 PURPOSE: Final = "research"
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 
 TARGET_HASHED_SECONDS: Final = 2.0
 TARGET_PSI_RATIO: Final = 1.5
@@ -87,13 +89,6 @@ def private_floor_target(cohort: int) -> float:
     """Issue 13: a private check within 1.5 x its floor at 100k numbers, 1.15 x at a million
     (the fixed costs matter less the bigger the cohort)."""
     return 1.15 if cohort >= FULL[1] else 1.5
-
-
-_began = time.perf_counter()
-
-
-def say(message: str) -> None:
-    print(f"[{time.perf_counter() - _began:7.1f} s] {message}", flush=True)
 
 
 @dataclass
@@ -120,14 +115,6 @@ class Results:
     ) -> None:
         rate = count / seconds if count is not None and seconds else None
         self.rows.append(Row(step, size, seconds, rate, notes))
-
-
-def ndop_command() -> list[str]:
-    """The `ndop` console script of this environment, else the module behind it."""
-    script = Path(sys.executable).with_name("ndop")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "ndop_client.cli.main"]
 
 
 def n(value: int) -> str:
@@ -511,8 +498,8 @@ class Bench:
                 ("floor", floor_cpu, floors[-1]),
                 ("check", cpu, run["seconds"]),
             ):
-                if usage.note(seconds):
-                    disturbed.append(f"round {round_number + 1} {what}: {usage.note(seconds)}")
+                if note := usage.note(seconds):
+                    disturbed.append(f"round {round_number + 1} {what}: {note}")
         middle = sorted(range(rounds), key=lambda i: runs[i]["seconds"])[rounds // 2]
         run = dict(runs[middle])
         floor = float(np.median(floors))
@@ -763,7 +750,7 @@ class Bench:
         sizes = [data.cohort_size]
         seconds = [float(self.figures["checks"]["hashed"]["seconds"])]
         for factor in GROWTH_FACTORS:
-            cohort = larger_cohort(data, factor * data.cohort_size, log=say)
+            cohort = larger_cohort(data, register, factor * data.cohort_size, log=say)
             say(f"step 8: ndop check --mode hashed, {n(cohort.size)} numbers (growth)")
             self.settle()
             run, out, cpu = self._timed_check(

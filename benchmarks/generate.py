@@ -121,16 +121,16 @@ class Cohort:
     """How many rows are register members: known by construction, not from ndop."""
 
 
-def larger_cohort(dataset: Dataset, size: int, log: Log = print) -> Cohort:
-    """A cohort of `size` distinct valid numbers against `dataset`'s register, 5% of them
-    members, written once beside the dataset and reused."""
+def larger_cohort(dataset: Dataset, register: np.ndarray, size: int, log: Log = print) -> Cohort:
+    """A cohort of `size` distinct valid numbers against `dataset`'s register (its numbers, as
+    the caller has read them), 5% of them members, written once beside the dataset and
+    reused."""
     members = members_for(size, dataset.register_size)
     path = dataset.directory / f"cohort-{size}.dat"
     cohort = Cohort(path, size, members)
     if path.exists() and path.stat().st_size == size * LINE_BYTES:
         return cohort
     log(f"generating a cohort of {size:,} numbers against the {dataset.register_size:,} register")
-    register = read_dat(dataset.register_path)
     rng = np.random.default_rng([dataset.seed, size])
     outsiders = np.empty(0, dtype=np.int64)
     draw = 0

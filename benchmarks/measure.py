@@ -21,10 +21,27 @@ from typing import IO, Any
 import psutil
 
 MB = 1024 * 1024
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+"""Where the benchmarks write their JSON results by default (--out)."""
+
+_began = time.perf_counter()
 
 
 class BenchmarkFailed(Exception):
     """A step failed or gave a wrong answer: the figures of this run must not be used."""
+
+
+def say(message: str) -> None:
+    """A progress line, stamped with the seconds since the benchmark began."""
+    print(f"[{time.perf_counter() - _began:7.1f} s] {message}", flush=True)
+
+
+def ndop_command() -> list[str]:
+    """The `ndop` console script of this environment, else the module behind it."""
+    script = Path(sys.executable).with_name("ndop")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "ndop_client.cli.main"]
 
 
 def tail(path: Path, lines: int = 15) -> str:
