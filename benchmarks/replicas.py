@@ -27,7 +27,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from benchmarks.measure import BenchmarkFailed, machine
+from benchmarks.generate import write_dat
+from benchmarks.measure import RESULTS_DIR, BenchmarkFailed, machine, process_cpu_seconds
 from ndop_client import Client, Status
 from ndop_server import keys as keyfile
 from ndop_server.accounts import Accounts, Limits
@@ -38,10 +39,11 @@ from ndop_server.synthetic import valid_numbers
 from tests.postgres_server import PostgresServer
 from tests.serve_process import ServeProcess, start_serve
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 UNLIMITED: Final = Limits(
     daily_quota=10**12, rate_per_second=0, daily_checks=10**9, daily_filter_downloads=10**6
 )
+"""As benchmarks.changes has it; not imported from there, which the clients (spawned inside
+the timed window, importing this module) would then import too."""
 
 
 @dataclass
@@ -87,11 +89,6 @@ def _client_loop(
     results.put(("ok", checks))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
     store: str,
     keys_path: Path,
@@ -108,7 +105,7 @@ def measure(
     try:
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
-        before = sum(_cpu_seconds(s.process.pid) for s in servers)
+        before = sum(process_cpu_seconds(s.process.pid) for s in servers)
         workers = [
             context.Process(
                 target=_client_loop,
@@ -132,7 +129,7 @@ def measure(
         elapsed = time.monotonic() - started
         for worker in workers:
             worker.join()
-        used = sum(_cpu_seconds(s.process.pid) for s in servers) - before
+        used = sum(process_cpu_seconds(s.process.pid) for s in servers) - before
     finally:
         for server in servers:
             server.stop()
@@ -175,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys_path = work / "keys.json"
         keys = keyfile.write_new(keys_path)
         snapshot = work / "register.dat"
-        snapshot.write_text("".join(f"{int(v):010d},\n" for v in register))
+        write_dat(snapshot, register)
         print(f"loading {args.register:,} entries into PostgreSQL", file=sys.stderr)
         with Store(url, create=True) as store:
             Publisher(store, keys).load_snapshot(snapshot)
