@@ -16,28 +16,29 @@ The second prints the worked example of docs/protocol.md from the generated vect
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+from make_filter_vectors import (
+    OPRF_INFO,
+    OPRF_SEED,
+    ROOT,
+    JsonObject,
+    file_bytes,
+    keyed_numbers,
+    oprf_key,
+    require_little_endian,
+)
+from make_filter_vectors import SCHEME as FILTER_SCHEME
 from pybloom_live import BloomFilter
 
-from ndop_core.crypto import oprf
-from ndop_server.synthetic import valid_numbers
-
-ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_OUT: Final = ROOT / "tests" / "vectors" / "filter-delta"
 SCHEME: Final = "ndop-filter-delta-v1"
-FILTER_SCHEME: Final = "pybloom-live-v1"
-OPRF_SEED: Final = b"ndop filter test vector seed 001"
-OPRF_INFO: Final = b"ndop filter test vectors"
 EXAMPLE: Final = "example-capacity-10"
-
-JsonObject = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,11 @@ SPECS: Final = (
 )
 
 
-def keys(count: int, seed: int) -> list[tuple[str, str]]:
-    """(canonical number, filter key) of synthetic 999-range numbers, in drawing order."""
-    secret_key, _ = oprf.derive_key_pair(OPRF_SEED, OPRF_INFO)
-    rows = []
-    for value in valid_numbers(count, "999", seed=seed):
-        number = f"{int(value):010d}"
-        rows.append((number, oprf.evaluate_input(secret_key, number.encode("ascii"))[:32].hex()))
-    return rows
-
-
 def pybloom_filter(capacity: int, error_rate: float, filter_keys: list[str]) -> BloomFilter:
     bloom = BloomFilter(capacity=capacity, error_rate=error_rate)
     for key in filter_keys:
         bloom.add(key, skip_check=True)
     return bloom
-
-
-def file_bytes(bloom: BloomFilter) -> bytes:
-    buffer = io.BytesIO()
-    bloom.tofile(buffer)
-    return buffer.getvalue()
 
 
 def encode(base_sha256: bytes, target_header: bytes, flips: list[int]) -> tuple[bytes, int, int]:
@@ -119,11 +104,12 @@ def pack(bits: list[int]) -> bytes:
 
 
 def vector(spec: Spec, out_dir: Path) -> JsonObject:
-    drawn = keys(spec.base + spec.add, spec.seed)
+    secret_key, public_key = oprf_key()
+    drawn = keyed_numbers(spec.base + spec.add, spec.seed, secret_key)
     base_rows = drawn[: spec.base]
     target_rows = base_rows[spec.withdraw :] + drawn[spec.base :]
-    base = pybloom_filter(spec.capacity, spec.error_rate, [key for _, key in base_rows])
-    target = pybloom_filter(spec.capacity, spec.error_rate, [key for _, key in target_rows])
+    base = pybloom_filter(spec.capacity, spec.error_rate, [key for _, _, key in base_rows])
+    target = pybloom_filter(spec.capacity, spec.error_rate, [key for _, _, key in target_rows])
     flips = [i for i in range(base.num_bits) if base.bitarray[i] != target.bitarray[i]]
     base_data, target_data = file_bytes(base), file_bytes(target)
     delta, low_bits, high_bytes = encode(
@@ -133,7 +119,6 @@ def vector(spec: Spec, out_dir: Path) -> JsonObject:
     (out_dir / names["base"]).write_bytes(base_data)
     (out_dir / names["target"]).write_bytes(target_data)
     (out_dir / f"{spec.name}.delta").write_bytes(delta)
-    secret_key, public_key = oprf.derive_key_pair(OPRF_SEED, OPRF_INFO)
     return {
         "name": spec.name,
         "description": spec.description,
@@ -150,8 +135,8 @@ def vector(spec: Spec, out_dir: Path) -> JsonObject:
             "public_key": public_key.hex(),
         },
         "numbers": {"range": "999", "seed": spec.seed, "count": spec.base + spec.add},
-        "withdrawn": [number for number, _ in base_rows[: spec.withdraw]],
-        "added": [number for number, _ in drawn[spec.base :]],
+        "withdrawn": [number for number, _, _ in base_rows[: spec.withdraw]],
+        "added": [number for number, _, _ in drawn[spec.base :]],
         "base": file_fields(names["base"], base_data, base.count),
         "target": file_fields(names["target"], target_data, target.count),
         "flips": flips,
@@ -173,10 +158,7 @@ def file_fields(name: str, data: bytes, count: int) -> JsonObject:
 
 
 def generate(out_dir: Path) -> None:
-    if sys.byteorder != "little":
-        raise SystemExit(
-            "pybloom-live writes native byte order: run this on a little-endian machine"
-        )
+    require_little_endian()
     out_dir.mkdir(parents=True, exist_ok=True)
     index = []
     for spec in SPECS:

@@ -229,15 +229,20 @@ def absent(spec: Spec, rows: list[Row], is_member: Callable[[str], bool]) -> lis
     return found[: spec.keys_out]
 
 
+def file_bytes(bloom: BloomFilter) -> bytes:
+    """The filter's file, exactly as pybloom-live's `tofile` writes it."""
+    buffer = io.BytesIO()
+    bloom.tofile(buffer)
+    return buffer.getvalue()
+
+
 def filter_vector(spec: FilterSpec, out_dir: Path) -> JsonObject:
     bloom = BloomFilter(capacity=spec.capacity, error_rate=spec.error_rate)
     keys_in, others = candidates(spec)
     for _, _, key in keys_in:
         bloom.add(key, skip_check=True)
     keys_out = absent(spec, others, lambda key: key in bloom)
-    buffer = io.BytesIO()
-    bloom.tofile(buffer)
-    data = buffer.getvalue()
+    data = file_bytes(bloom)
     file_name = f"{spec.name}.bloom"
     (out_dir / file_name).write_bytes(data)
     spec_hashing = hashing(bloom.num_slices, bloom.bits_per_slice)
@@ -287,11 +292,15 @@ def to_json(vector: JsonObject) -> str:
     )
 
 
-def generate(out_dir: Path) -> None:
+def require_little_endian() -> None:
     if sys.byteorder != "little":
         raise SystemExit(
             "pybloom-live writes native byte order: run this on a little-endian machine"
         )
+
+
+def generate(out_dir: Path) -> None:
+    require_little_endian()
     out_dir.mkdir(parents=True, exist_ok=True)
     index = []
     for spec in SPECS:
