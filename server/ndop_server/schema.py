@@ -147,21 +147,12 @@ def _statements(dialect: Dialect, *, optional: bool = True) -> list[str]:
     return [*statements, *_POSTGRES_APPEND_ONLY]
 
 
-def _run(db: Database, statements: list[str]) -> None:
-    db.apply_ddl(statements)
-
-
-def stored_version(tx: Transaction) -> int | None:
-    row = tx.one("SELECT value FROM meta WHERE key = 'schema_version'")
-    return None if row is None else int(row[0])
-
-
 def create(db: Database) -> None:
     """Create every table of an empty store, or check an existing store's version."""
     if db.has_table("meta"):
         require_current(db)
         return
-    _run(db, _statements(db.dialect))
+    db.apply_ddl(_statements(db.dialect))
     with db.transaction(lock="schema") as tx:
         tx.run(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
@@ -169,12 +160,19 @@ def create(db: Database) -> None:
         )
 
 
-def require_current(db: Database) -> None:
-    """StoreError unless the store's schema is the one this ndop speaks."""
+def _found_version(db: Database) -> int | None:
+    """The schema version the store records (None if it records none); StoreError if `db`
+    is not an ndop store at all."""
     if not db.has_table("meta"):
         raise StoreError(f"{db.location} is not an ndop register store")
     with db.transaction() as tx:
-        found = stored_version(tx)
+        row = tx.one("SELECT value FROM meta WHERE key = 'schema_version'")
+    return None if row is None else int(row[0])
+
+
+def require_current(db: Database) -> None:
+    """StoreError unless the store's schema is the one this ndop speaks."""
+    found = _found_version(db)
     if found is None or found < SCHEMA_VERSION:
         raise StoreError(
             f"the store at {db.location} has schema {found or 1}, older than this ndop's "
@@ -207,10 +205,7 @@ def migrate(db: Database) -> Migration:
 
     Running it again does nothing. The optional objects are built while servers keep using
     the store (see Database.build_index), after any version change has committed."""
-    if not db.has_table("meta"):
-        raise StoreError(f"{db.location} is not an ndop register store")
-    with db.transaction() as tx:
-        found = stored_version(tx) or 1
+    found = _found_version(db) or 1
     if found > SCHEMA_VERSION:
         raise StoreError(f"the store's schema {found} is newer than this ndop's; upgrade ndop")
     if found < SCHEMA_VERSION:
@@ -223,7 +218,7 @@ def migrate(db: Database) -> Migration:
                 (str(SCHEMA_VERSION),),
             )
         # A version-1 store that never served has no audit table yet: this makes it.
-        _run(db, _statements(db.dialect, optional=False))
+        db.apply_ddl(_statements(db.dialect, optional=False))
     added = db.build_index(AUDIT_TIME_INDEX, "audit", _AUDIT_TIME_COLUMNS)
     return Migration(found, SCHEMA_VERSION, added)
 

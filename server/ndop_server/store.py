@@ -130,13 +130,8 @@ class Store:
 
     def latest(self, key_id: str | None = None) -> VersionRecord | None:
         """The newest version (made with the OPRF key `key_id`, when given)."""
-        where, parameters = ("WHERE key_id = ?", (key_id,)) if key_id else ("", ())
         with self.db.transaction() as tx:
-            row = tx.one(
-                f"SELECT {_VERSION_COLUMNS} FROM versions {where} ORDER BY version DESC LIMIT 1",
-                parameters,
-            )
-        return None if row is None else _record(row)
+            return _latest(tx, key_id)
 
     def latest_number(self) -> int:
         with self.db.transaction() as tx:
@@ -190,8 +185,7 @@ class Store:
     def preparation(self) -> Iterator[Preparation]:
         """A read snapshot for working out a new version; takes no write lock."""
         with self.db.transaction(snapshot=True) as tx:
-            row = tx.one(f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY version DESC LIMIT 1")
-            yield Preparation(tx, None if row is None else _record(row), self.db.dialect)
+            yield Preparation(tx, _latest(tx), self.db.dialect)
 
     @contextmanager
     def publication(self, base_version: int) -> Iterator[Publication]:
@@ -210,6 +204,15 @@ class Store:
                 # A bigger page cache for this connection: a load writes millions of entries.
                 tx.run(f"PRAGMA cache_size = -{_PUBLICATION_CACHE_KIB}")
             yield Publication(tx, latest + 1, self.db.dialect)
+
+
+def _latest(tx: Transaction, key_id: str | None = None) -> VersionRecord | None:
+    where, parameters = ("WHERE key_id = ?", (key_id,)) if key_id else ("", ())
+    row = tx.one(
+        f"SELECT {_VERSION_COLUMNS} FROM versions {where} ORDER BY version DESC LIMIT 1",
+        parameters,
+    )
+    return None if row is None else _record(row)
 
 
 def _latest_number(tx: Transaction) -> int:

@@ -141,15 +141,10 @@ def backup(store: StoreLocation, destination: Path) -> Copied:
             target = SqliteDatabase(destination, create=True)
             try:
                 source.connection.backup(target.connection)
+                return Copied(_counts(target))
             finally:
                 target.close()
-            return Copied(_counts_at(destination))
     return copy(store, destination)
-
-
-def _counts_at(location: StoreLocation) -> dict[str, int]:
-    with open_database(location) as db:
-        return _counts(db)
 
 
 def migrate(store: StoreLocation) -> schema.Migration:

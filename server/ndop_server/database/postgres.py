@@ -103,13 +103,15 @@ class PostgresDatabase(Database):
         self._listener: psycopg.Connection[Any] | None = None
         self._connect()
 
+    def _open(self) -> psycopg.Connection[Any]:
+        """A new connection, in autocommit mode."""
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is not None and not self._connection.closed:
             return self._connection
         try:
-            self._connection = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-            )
+            self._connection = self._open()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(
                 f"cannot reach the register store at {self.location}: {_first_line(exc)}"
@@ -205,9 +207,7 @@ class PostgresDatabase(Database):
     def wait_for_notification(self, channel: str, timeout: float) -> bool:
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-                )
+                self._listener = self._open()
                 self._listener.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
             return any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1))
         except psycopg.Error:

@@ -29,6 +29,7 @@ DIALECT: Final = Dialect(
     entries_id="rowid",
     without_rowid=" WITHOUT ROWID",
 )
+_IN_CATALOG: Final = "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?"
 
 
 def _create_private(path: Path) -> None:
@@ -146,9 +147,7 @@ class SqliteDatabase(Database):
 
     def _in_catalog(self, kind: str, name: str) -> bool:
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
-            ).fetchone()
+            row = self._db.execute(_IN_CATALOG, (kind, name)).fetchone()
         return row is not None
 
     def apply_ddl(self, statements: Sequence[str]) -> None:
@@ -161,7 +160,7 @@ class SqliteDatabase(Database):
 
     def build_index(self, name: str, table: str, columns: Sequence[str]) -> bool:
         with self.transaction(lock="schema") as tx:
-            if tx.one("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)):
+            if tx.one(_IN_CATALOG, ("index", name)):
                 return False
             tx.run(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
         return True
