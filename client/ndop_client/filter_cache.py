@@ -83,6 +83,23 @@ def cached_filter(cache_dir: Path, info: RegisterInfo) -> CachedFilter | None:
     )
 
 
+def filter_for(
+    stub: ndop_pb2_grpc.OptOutRegisterStub,
+    cache_dir: Path,
+    info: RegisterInfo,
+    metadata: tuple[tuple[str, str], ...],
+    stall: StallPolicy,
+) -> CachedFilter:
+    """The filter `info` describes, from the cache or downloaded (`fetch_filter`), once it is
+    known to be made with the OPRF key the server evaluates with."""
+    cached = cached_filter(cache_dir, info) or fetch_filter(
+        stub, cache_dir, info.register_id, info.version, metadata, stall
+    )
+    if cached.key_id != info.oprf_key_id:
+        raise IntegrityError("the filter was made with another OPRF key than the server's")
+    return cached
+
+
 def fetch_filter(
     stub: ndop_pb2_grpc.OptOutRegisterStub,
     cache_dir: Path,

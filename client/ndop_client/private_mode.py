@@ -19,7 +19,7 @@ import numpy as np
 from ndop_client import private_workers
 from ndop_client.check_stream import CheckStream
 from ndop_client.compatibility import require_private
-from ndop_client.filter_cache import cached_filter, fetch_filter
+from ndop_client.filter_cache import filter_for
 from ndop_client.matching import PRIVATE_BATCH_ITEMS, MatchOutcome, batch_bounds, expect_batch
 from ndop_client.progress import Progress
 from ndop_client.register_info import RegisterInfo
@@ -52,11 +52,7 @@ def match_private(
 ) -> MatchOutcome:
     require_private(info)
     pool, workers = resources.pool, resources.workers
-    cached = cached_filter(resources.cache_dir, info) or fetch_filter(
-        stub, resources.cache_dir, info.register_id, info.version, metadata, resources.stall
-    )
-    if cached.key_id != info.oprf_key_id:
-        raise IntegrityError("the filter was made with another OPRF key than the server's")
+    cached = filter_for(stub, resources.cache_dir, info, metadata, resources.stall)
     context.register_version = cached.register_version
     batch_items = min(PRIVATE_BATCH_ITEMS, info.max_batch_items or PRIVATE_BATCH_ITEMS)
     bounds = batch_bounds(len(values), batch_items)

@@ -47,7 +47,7 @@ from ndop_client import spark_tasks
 from ndop_client.check_stream import CheckStream
 from ndop_client.client import Client, Connection
 from ndop_client.compatibility import require_private
-from ndop_client.filter_cache import CachedFilter, cached_filter, fetch_filter
+from ndop_client.filter_cache import CachedFilter, filter_for
 from ndop_client.frames import STATUS_COLUMN, Output, require_column, require_output
 from ndop_client.progress import NoProgress
 from ndop_client.register_info import RegisterInfo
@@ -122,16 +122,9 @@ def clear_dataframe(
         info = client.info()
         require_private(info)
         with connection.errors():
-            cached = cached_filter(connection.cache_dir, info) or fetch_filter(
-                connection.stub,
-                connection.cache_dir,
-                info.register_id,
-                info.version,
-                connection.metadata,
-                connection.stall,
+            cached = filter_for(
+                connection.stub, connection.cache_dir, info, connection.metadata, connection.stall
             )
-        if cached.key_id != info.oprf_key_id:
-            raise IntegrityError("the filter was made with another OPRF key than the server's")
         context = ndop_pb2.CheckContext(
             purpose=declared,
             request_id=str(uuid.uuid4()),
