@@ -33,6 +33,7 @@ from ndop_core.nhs_number import canonical_bytes
 from ndop_core.proto import ndop_pb2, ndop_pb2_grpc
 from ndop_server import keys as keyfile
 from ndop_server.register import FILTER_ARTIFACT, Publisher
+from ndop_server.register_view import RegisterHolder
 from ndop_server.server import RunningServer
 from ndop_server.store import Store
 from ndop_server.synthetic import valid_numbers
@@ -75,6 +76,38 @@ def _publish(register: Register, change: Change, directory: Path) -> None:
     with Store(register.store_path) as store:
         published = Publisher(store, register.keys, workers=1).apply_changes(add, remove)
     assert published.record.version == 2
+
+
+def test_a_failed_refresh_does_not_stop_the_watcher(
+    register: Register, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that fails with something other than an unreachable store is logged and
+    tried again; the next publication is still picked up."""
+    holder = RegisterHolder(register.store_path, poll_seconds=0.05)
+    try:
+        read_latest = holder._store.latest
+        failures = [ValueError("an artifact that cannot be read")]
+
+        def latest(*args: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return read_latest(*args)
+
+        monkeypatch.setattr(holder._store, "latest", latest)
+        holder.start()
+        deadline = time.monotonic() + TIMEOUT
+        while failures and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _publish(register, _change(register), tmp_path)
+        while time.monotonic() < deadline:
+            current = holder.current
+            if current is not None and current.version == 2:
+                break
+            time.sleep(0.02)
+        assert not failures
+        assert holder.current is not None and holder.current.version == 2
+    finally:
+        holder.stop()
 
 
 def _served_version(address: str, metadata: Metadata) -> int:

@@ -145,6 +145,11 @@ class RegisterHolder:
             except StoreError as exc:
                 self._set_reachable(False, str(exc))
                 self._stopping.wait(self._poll_seconds)
+            except Exception:
+                # Anything else (a damaged artifact, say) must not end the watcher: the server
+                # would go on serving this version without a word. Say so, try again later.
+                log.exception("register.refresh_failed")
+                self._stopping.wait(self._poll_seconds)
 
     def _set_reachable(self, reachable: bool, reason: str = "") -> None:
         if reachable == self.reachable:
