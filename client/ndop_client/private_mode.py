@@ -77,7 +77,9 @@ def match_private(
             blinds[batch_id] = batch_blinds
             yield batch_id, elements
 
-    requests = stream.requests(ndop_pb2.EvaluateRequest(context=context), blinded(), _request)
+    requests = stream.requests(
+        ndop_pb2.EvaluateRequest(context=context), blinded(), evaluate_request
+    )
     opted_out = np.zeros(len(values), dtype=bool)
     finishing: deque[tuple[int, int, Future[bytes]]] = deque()
 
@@ -125,5 +127,5 @@ def match_private(
     return stream.outcome(opted_out, cached.register_version, cached.count)
 
 
-def _request(batch_id: int, blinded: bytes) -> ndop_pb2.EvaluateRequest:
+def evaluate_request(batch_id: int, blinded: bytes) -> ndop_pb2.EvaluateRequest:
     return ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=blinded)

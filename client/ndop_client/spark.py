@@ -49,8 +49,10 @@ from ndop_client.client import Client, Connection
 from ndop_client.compatibility import require_private
 from ndop_client.filter_cache import CachedFilter, filter_for
 from ndop_client.frames import STATUS_COLUMN, Output, require_column, require_output
+from ndop_client.private_mode import evaluate_request
 from ndop_client.progress import NoProgress
 from ndop_client.register_info import RegisterInfo
+from ndop_client.report import receipt_path_for
 from ndop_core import receipts
 from ndop_core.crypto import oprf
 from ndop_core.errors import IntegrityError, NdopError, RequestRejected
@@ -234,7 +236,7 @@ class _Evaluation:
             "private", self._info.register_id, context, unique, None, connection.stall, NoProgress()
         )
         requests = stream.requests(
-            ndop_pb2.EvaluateRequest(context=context), self._blinded(blinded), _request
+            ndop_pb2.EvaluateRequest(context=context), self._blinded(blinded), evaluate_request
         )
         wave: list[tuple[bytes, bytes, bytes, bytes]] = []
         wave_items = 0
@@ -322,10 +324,6 @@ class _Evaluation:
         return found
 
 
-def _request(batch_id: int, elements: bytes) -> ndop_pb2.EvaluateRequest:
-    return ndop_pb2.EvaluateRequest(batch_id=batch_id, blinded_elements=elements)
-
-
 def _counts(by_partition: list[Any], unique: int, answer: _Answer) -> dict[str, int]:
     notes: Counter[int] = Counter()
     for row in by_partition:
@@ -392,5 +390,4 @@ def _manifest(
 
 def _write_manifest(document: dict[str, Any], receipt: ndop_pb2.Receipt, path: Path) -> None:
     write_json_atomically(document, path, "manifest")
-    stem = path.stem if path.suffix == ".json" else path.name
-    receipts.write(receipt, path.with_name(f"{stem}.receipt.json"))
+    receipts.write(receipt, receipt_path_for(path))
