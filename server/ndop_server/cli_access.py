@@ -116,15 +116,18 @@ def _limits_given(args: argparse.Namespace) -> dict[str, int]:
     }
 
 
+def _limits_text(limits: Limits) -> str:
+    return (
+        f"{limits.daily_quota:,} numbers, {limits.daily_checks:,} checks, "
+        f"{limits.daily_filter_downloads:,} filter downloads; rate {limits.rate_per_second:,}/s"
+    )
+
+
 def _org_add(args: argparse.Namespace) -> int:
     limits = Limits(**_limits_given(args))
     with _accounts(args.store) as accounts:
         token = accounts.add(args.name, limits)
-    print(
-        f"created organisation {args.name} (per day: {limits.daily_quota:,} numbers, "
-        f"{limits.daily_checks:,} checks, {limits.daily_filter_downloads:,} filter downloads; "
-        f"rate {limits.rate_per_second:,}/s)"
-    )
+    print(f"created organisation {args.name} (per day: {_limits_text(limits)})")
     _print_token(token)
     return 0
 
@@ -209,10 +212,8 @@ def _org_quota(args: argparse.Namespace) -> int:
         )
     with _accounts(args.store) as accounts:
         organisation = accounts.set_limits(args.name, **changes)
-    limits = organisation.limits
     print(
-        f"{args.name}: per day {limits.daily_quota:,} numbers, {limits.daily_checks:,} checks, "
-        f"{limits.daily_filter_downloads:,} filter downloads; rate {limits.rate_per_second:,}/s "
+        f"{args.name}: per day {_limits_text(organisation.limits)} "
         "(open checks follow at their next batch)"
     )
     return 0

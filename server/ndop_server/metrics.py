@@ -31,10 +31,10 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from ndop_server.accounts import MODES
 from ndop_server.audit_record import COMPLETED
 from ndop_server.register_view import RegisterHolder
 
-MODES: Final = ("hashed", "private")
 BATCH_SECONDS_BUCKETS: Final = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30)
 """A hashed batch takes milliseconds; a private one about 40 us per element."""
 CHECK_SECONDS_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
