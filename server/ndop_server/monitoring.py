@@ -154,6 +154,7 @@ class MonitoringEndpoint:
             raise ConfigurationError(
                 f"cannot listen on {format_listen(host, port)}: {reason[0].lower()}{reason[1:]}"
             ) from exc
+        self._status = status
         self.host = host
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(
@@ -172,3 +173,4 @@ class MonitoringEndpoint:
             self._server.shutdown()
             self._thread.join()
         self._server.server_close()
+        self._status.close()

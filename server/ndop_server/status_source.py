@@ -75,6 +75,8 @@ class StatusSource:
         self._lock = threading.Lock()
         self._page: tuple[float, StatusData] | None = None
         self._audit: tuple[float, AuditState] | None = None
+        self._register: Store | None = None
+        """The store's versions, opened at the first page and kept until `close`."""
 
     def data(self) -> StatusData:
         with self._lock:
@@ -84,6 +86,12 @@ class StatusSource:
             data = self._gather(now)
             self._page = (now, data)
             return data
+
+    def close(self) -> None:
+        with self._lock:
+            if self._register is not None:
+                self._register.close()
+                self._register = None
 
     def _server_state(self) -> ServerState:
         view = self._holder.current
@@ -98,8 +106,9 @@ class StatusSource:
     def _gather(self, now: float) -> StatusData:
         first_day = today() - timedelta(days=self.days - 1)
         try:
-            with Store(self._store) as store:
-                history = store.history(self._versions)
+            if self._register is None:
+                self._register = Store(self._store)
+            history = self._register.history(self._versions)
             quotas = self._quotas()
             activity, refusals = activity_tables(self._accounts.audit_counts(first_day.isoformat()))
             audit = self._audit_state(now)
