@@ -623,6 +623,29 @@ def _a_working_store(location: str, tmp_path: Path) -> tuple[RegisterKeys, str]:
     return keys, token
 
 
+def test_a_copy_of_a_store_in_use_is_its_snapshot(
+    store_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server writing audit rows while `ndop store copy` (or a backup from PostgreSQL)
+    reads does not make the copy look short: it holds the snapshot it read."""
+    keys, _ = _a_working_store(store_location, tmp_path)
+    read_rows = store_admin._rows
+    written: list[str] = []
+
+    def rows_while_a_server_writes(tx: Transaction, table: str, columns: Any) -> Any:
+        if table == "audit" and not written:
+            with Accounts(store_location, audit_key(keys.store_key)) as accounts:
+                accounts.record(_record("mover", "completed", 5))
+            written.append(table)
+        return read_rows(tx, table, columns)
+
+    monkeypatch.setattr(store_admin, "_rows", rows_while_a_server_writes)
+    copied = store_admin.copy(store_location, str(tmp_path / "copy.sqlite3"))
+    assert written and copied.rows["audit"] == 2
+    with Accounts(store_location) as accounts:
+        assert len(accounts.audit()) == 3
+
+
 def test_store_copy_moves_everything_between_backends(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:

@@ -88,11 +88,15 @@ def _rows(tx: Transaction, table: str, columns: tuple[str, ...]) -> Iterator[tup
 
 
 def _counts(db: Database) -> dict[str, int]:
-    counts = {}
     with db.transaction(snapshot=True) as tx:
-        for table, _ in TABLES:
-            row = tx.one(f"SELECT COUNT(*) FROM {table}")
-            counts[table] = int(row[0]) if row else 0
+        return _counted(tx)
+
+
+def _counted(tx: Transaction) -> dict[str, int]:
+    counts = {}
+    for table, _ in TABLES:
+        row = tx.one(f"SELECT COUNT(*) FROM {table}")
+        counts[table] = int(row[0]) if row else 0
     return counts
 
 
@@ -118,13 +122,14 @@ def copy(source: StoreLocation, destination: StoreLocation) -> Copied:
                 write.run("DELETE FROM meta")
                 for table, columns in TABLES:
                     write.load(table, columns, _rows(read, table, columns))
+                # In the snapshot copied from: servers may go on writing to the source.
+                expected = _counted(read)
                 if dest.dialect.name == "postgresql":
                     write.run(
                         "SELECT setval(pg_get_serial_sequence('entries', 'id'), "
                         "COALESCE(MAX(id), 0) + 1, false) FROM entries"
                     )
             copied = _counts(dest)
-            expected = _counts(src)
     if any(copied[table] < expected[table] for table in copied):
         raise StoreError("the copy is missing rows; the destination should be discarded")
     return Copied(copied)
